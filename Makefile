@@ -1,0 +1,44 @@
+# One entry point for people and CI: `make test` and `make demo` both install what they need first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# torch is pinned and installed first: its CPU wheel is what this pin resolves to on machines without CUDA.
+TORCH  := torch==2.13.0
+
+.PHONY: install test test-fast lint demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check gpt_novel tools tests benchmarks
+
+# The whole suite, slow multi-process and whole-corpus tests included (they skip when ../shared is absent).
+test: lint
+	$(BIN)/pytest -q
+
+# Everything but the tests marked slow, for a quick local loop.
+test-fast: lint
+	$(BIN)/pytest -q -m 'not slow'
+
+# Prepare a corpus: the Project Gutenberg classics when the network is there, else the shipped sample.
+demo: install
+	@if $(BIN)/python tools/fetch_corpus.py demo/corpus --timeout 15 --retries 0; then \
+		corpus=demo/corpus; \
+	else \
+		echo "demo: no network (or a download failed): using the shipped sample corpus"; corpus=sample/corpus; \
+	fi; \
+	$(BIN)/gpt-novel prepare $$corpus --out demo/data --seq-len 256 --shard-size 1MB --force
+
+bench: install
+	$(BIN)/python benchmarks/prepare.py
+
+clean:
+	rm -rf demo .pytest_cache

@@ -1,0 +1,3 @@
+from gpt_novel.cli import main
+
+raise SystemExit(main())

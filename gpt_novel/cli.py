@@ -1,0 +1,67 @@
+"""`gpt-novel` command line: argument parsing only; each subcommand calls into its module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gpt_novel import __version__
+from gpt_novel.errors import UserError
+
+
+def _prepare_parser(sub) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="novel .txt files → tokenizer + WebDataset shards",
+        description="Read novels in any common Chinese encoding, clean them, split chapters, segment words with "
+        "thulac, build a vocabulary and write WebDataset shards, a manifest and a report into DATA_DIR.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help=".txt/.json/.jsonl files or directories (searched recursively)")
+    p.add_argument("--out", required=True, metavar="DATA_DIR", help="output directory (created atomically)")
+    p.add_argument("--config", metavar="YAML", help="options from a YAML file (keys as below, with _ or -)")
+    p.add_argument("--tokenizer", choices=("word", "char"), help="word: thulac words + characters (default); "
+                   "char: one token per character")
+    p.add_argument("--vocab-size", type=int, help="vocabulary size including 5 special tokens (default 50000)")
+    p.add_argument("--seq-len", type=int, help="tokens per training sample (default 1024); samples store seq-len+1")
+    p.add_argument("--val-ratio", type=float, help="share of chapters held out for validation (default 0.01, "
+                   "at least one chapter; 0 for none)")
+    p.add_argument("--seed", type=int, help="seed of the train/val split (default 1234)")
+    p.add_argument("--shard-size", help="target shard size, e.g. 256MB (default), 64MiB, 100000")
+    p.add_argument("--workers", type=int, help="processes for cleaning and segmentation (default: all cores)")
+    p.add_argument("--to-simplified", action="store_const", const=True, help="convert traditional characters "
+                   "to simplified (OpenCC t2s)")
+    p.add_argument("--cache-dir", help="segmentation cache (default ~/.cache/gpt-novel/segment)")
+    p.add_argument("--no-cache", action="store_const", const=True, help="do not read or write the cache")
+    p.add_argument("--force", action="store_const", const=True, help="replace DATA_DIR if it holds another dataset")
+    p.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from gpt_novel import prepare
+    from gpt_novel.config import PrepareConfig, load_config
+
+    overrides = {k: v for k, v in vars(args).items() if k not in ("func", "config", "command")}
+    cfg = load_config(PrepareConfig, args.config, overrides).validate()
+    prepare.run(cfg)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpt-novel", description="Pretrain GPT-2 on Chinese novels.")
+    parser.add_argument("--version", action="version", version=f"gpt-novel {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _prepare_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"gpt-novel {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gpt-novel {args.command}: interrupted; nothing was published", file=sys.stderr)
+        return 130

@@ -1,0 +1,192 @@
+"""Cleaned lines → chapters, by their headings (第X回 / 第X章 / 第X节, 楔子, 序章 …).
+
+Handles the shapes real files have: Chinese numerals written as words (第一百二十回) or digit by digit (第一零零回),
+Arabic and zero-padded numbers, 卷/部 prefixes, a title on the same line or the next, a heading glued to the first
+sentence, scraper prefixes before the heading, tables of contents (headings with no body), headings repeated inside
+a chapter, and front matter (title, author, blurb) before the first chapter. A text without headings is one chapter.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+_DIGITS = {"零": 0, "〇": 0, "○": 0, "一": 1, "二": 2, "两": 2, "兩": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7,
+           "八": 8, "九": 9}
+_UNITS = {"十": 10, "拾": 10, "百": 100, "佰": 100, "千": 1000, "仟": 1000}
+_NUM = r"[零〇○一二三四五六七八九十两兩百千拾佰仟廿卅0-9０-９]{1,8}"
+_VOLUME = rf"(?:[上中下]卷|卷\s*{_NUM}|第\s*{_NUM}\s*[卷部集册冊])"
+_JUNK_PREFIX = r"(?:《[^》]{0,20}》)?\s*(?:目录|目錄)?"
+_HEADING = re.compile(
+    rf"^(?P<junk>{_JUNK_PREFIX})\s*(?P<head>(?:{_VOLUME}\s*)?第\s*(?P<num>{_NUM})\s*(?P<unit>[回章节節])"
+    rf"|(?:{_VOLUME}\s*)?(?P<special>楔子|序章|序幕|引子|尾声|尾聲|终章|終章|后记|後記))(?P<rest>.*)$"
+)
+_SENTENCE_PUNCT = re.compile(r"[，。！？；,!;．]")
+_BODY_START = re.compile(r"话说|話說|却说|卻說|且说|且說|再说|再說")
+_ANOTHER_HEADING = re.compile(rf"第\s*{_NUM}\s*[回章节節]")
+MAX_TITLE = 40
+FRONT_MATTER_MAX = 2000
+
+
+@dataclass
+class Chapter:
+    """A heading line (may be empty for a text without headings) and its body lines."""
+
+    heading: str
+    lines: list[str]
+    number: int | None = None
+
+    @property
+    def text(self) -> str:
+        return "\n".join([self.heading, *self.lines] if self.heading else self.lines)
+
+
+def chinese_number(s: str) -> int | None:
+    """Parse 十二 / 一百二十 / 一百八 (=108, as chapter numbers use it) / 一零零 / 0012 / １２; None if not a number."""
+    s = s.strip().translate(str.maketrans("０１２３４５６７８９", "0123456789"))
+    if not s:
+        return None
+    if s.isdigit():
+        return int(s)
+    s = s.replace("廿", "二十").replace("卅", "三十")
+    if all(ch in _DIGITS for ch in s):
+        return int("".join(str(_DIGITS[ch]) for ch in s))
+    total, digit = 0, None
+    for ch in s:
+        if ch in _DIGITS:
+            digit = _DIGITS[ch]
+        elif ch in _UNITS:
+            total += (1 if digit is None else digit) * _UNITS[ch]
+            digit = None
+        else:
+            return None
+    if digit is not None:
+        # A trailing digit counts units even after 百: 一百八回 is the 108th chapter, as old editions number them.
+        total += digit
+    return total
+
+
+@dataclass
+class _Heading:
+    index: int
+    text: str
+    number: int | None
+    glued_body: str
+    junk: int = 0
+    toc_line: bool = False
+
+
+def parse_heading(line: str) -> _Heading | None:
+    """Recognise a heading line; return it split into heading text and any body text glued after it."""
+    m = _HEADING.match(line)
+    if not m:
+        return None
+    rest = m.group("rest")
+    title, glued = _split_title(rest)
+    if title is None:
+        return None
+    number = chinese_number(m.group("num")) if m.group("num") else None
+    if m.group("num") and number is None:
+        return None
+    junk = len(m.group("junk"))
+    text = line[junk : len(line) - len(glued)].strip() if glued and line.endswith(glued) else line[junk:].strip()
+    return _Heading(-1, text, number, glued, junk, bool(_ANOTHER_HEADING.search(title)))
+
+
+def _split_title(rest: str) -> tuple[str | None, str]:
+    """(title, glued body) from what follows 第X回; title None when the line is a sentence, not a heading."""
+    stripped = rest.strip(" :：·、.")
+    if not stripped:
+        return "", ""
+    separated = rest[:1] in (" ", ":", "：", "·", "、", ".")
+    parts = stripped.split(" ")
+    marker = _BODY_START.search(stripped)
+    punct = _SENTENCE_PUNCT.search(stripped)
+    if not punct and len(stripped) <= MAX_TITLE:
+        return stripped, ""
+    if marker and (not punct or marker.start() < punct.start()) and 2 <= marker.start() <= MAX_TITLE:
+        return stripped[: marker.start()].strip(), stripped[marker.start():]
+    if not separated or (punct and punct.start() < len(parts[0])):
+        return None, ""
+    # Couplet titles (兼六國混一輿圖 號始皇建立郡縣): the second half is as long as the first.
+    first = parts[0]
+    if len(parts) >= 2:
+        second = " ".join(parts[1:])
+        cut = len(first)
+        if not _SENTENCE_PUNCT.search(second[:cut]):
+            return f"{first} {second[:cut]}", second[cut:].strip()
+    return None, ""
+
+
+def split_chapters(lines: list[str], removed: Counter) -> list[Chapter]:
+    """Group cleaned lines into chapters; tables of contents, repeated headings and short front matter are removed
+    and counted."""
+    headings = []
+    for i, line in enumerate(lines):
+        h = parse_heading(line)
+        if h is not None:
+            h.index = i
+            headings.append(h)
+    if not headings:
+        return [Chapter("", list(lines))] if lines else []
+    sections = _sections(lines, headings, removed)
+    front = lines[: headings[0].index]
+    chapters = _drop_toc(sections, removed)
+    chapters = _merge_repeated(chapters, removed)
+    front_chars = sum(len(x) for x in front)
+    if front and (front_chars > FRONT_MATTER_MAX or not chapters):
+        chapters.insert(0, Chapter("", front))
+    else:
+        removed["front_matter"] += front_chars
+    return chapters
+
+
+def _sections(lines: list[str], headings: list[_Heading], removed: Counter) -> list[Chapter]:
+    out = []
+    for k, h in enumerate(headings):
+        removed["heading_junk"] += h.junk
+        end = headings[k + 1].index if k + 1 < len(headings) else len(lines)
+        body = lines[h.index + 1 : end]
+        heading = h.text
+        if h.toc_line:
+            body = []  # a table-of-contents line holding several headings
+        elif h.text.endswith(("回", "章", "节", "節")) and body and _is_title_line(body[0]) and len(body) > 1:
+            heading, body = f"{heading} {body[0]}", body[1:]
+        if h.glued_body:
+            body = [h.glued_body, *body]
+        out.append(Chapter(heading, body, h.number))
+    return out
+
+
+def _is_title_line(line: str) -> bool:
+    return len(line) <= MAX_TITLE and not _SENTENCE_PUNCT.search(line) and parse_heading(line) is None
+
+
+def _drop_toc(sections: list[Chapter], removed: Counter) -> list[Chapter]:
+    """Headings with no body are table-of-contents entries (or orphans); a TOC's last entry can look like it has a
+    body (the blurb that follows), which shows when the next heading starts the numbering again."""
+    kept = []
+    for ch in sections:
+        if sum(len(x) for x in ch.lines) == 0 or all(_is_title_line(x) for x in ch.lines):
+            removed["toc"] += len(ch.heading) + sum(len(x) for x in ch.lines)
+        else:
+            kept.append(ch)
+    first, second = (kept[0].number, kept[1].number) if len(kept) >= 2 else (None, None)
+    if first is not None and second is not None and second <= 1 < first:
+        first = kept.pop(0)
+        removed["toc"] += len(first.heading)
+        removed["front_matter"] += sum(len(x) for x in first.lines)
+    return kept
+
+
+def _merge_repeated(chapters: list[Chapter], removed: Counter) -> list[Chapter]:
+    """A heading repeated inside its own chapter (same number as the chapter it is in) is dropped, not a new chapter."""
+    out: list[Chapter] = []
+    for ch in chapters:
+        if out and ch.number is not None and ch.number == out[-1].number:
+            removed["duplicate_heading"] += len(ch.heading)
+            out[-1].lines.extend(ch.lines)
+        else:
+            out.append(ch)
+    return out
