@@ -46,8 +46,9 @@ _NAV_WORDS = frozenset(
     "返回書頁 返回书页 回目錄 返回目錄 上一頁 下一頁".split()
 )
 _DECORATION = re.compile(r"[-—=*_~#.·•─━＝－＊～\s]{3,}")
-_MOJIBAKE_CHAR = re.compile(r"\?|" + charsets.SUSPICIOUS.pattern)
+_MOJIBAKE_CHAR = re.compile(r"\?+|" + charsets.SUSPICIOUS.pattern)  # "???" (lost characters) counts once
 _MOJIBAKE_WINDOW = 12
+_SENTENCE_END = re.compile(r"[。！？．；!;…]+[”」』\"]?")
 _MOJIBAKE_MIN = 3
 
 
@@ -124,9 +125,12 @@ def _cut_mojibake(line: str, removed: Counter) -> str:
 
     Half-character-shift damage starts somewhere in a line and runs to its end, so the good start is kept.
     """
-    if len(_MOJIBAKE_CHAR.findall(line)) < _MOJIBAKE_MIN:
+    marks = [m.start() for m in _MOJIBAKE_CHAR.finditer(line)]
+    if len(marks) < _MOJIBAKE_MIN:
         return line
-    flags = [_MOJIBAKE_CHAR.match(ch) is not None for ch in line]
+    flags = [False] * len(line)
+    for i in marks:
+        flags[i] = True
     prefix = [0]
     for flag in flags:
         prefix.append(prefix[-1] + flag)
@@ -137,8 +141,11 @@ def _cut_mojibake(line: str, removed: Counter) -> str:
             end = min(n, i + _MOJIBAKE_WINDOW)
     if start is None:
         return line
-    if end >= len(line) - _MOJIBAKE_WINDOW:
-        end = len(line)
+    # The damage begins and ends between sentence ends: widen the cut to them (or to the ends of the line).
+    before = [m.end() for m in _SENTENCE_END.finditer(line, 0, start)]
+    start = before[-1] if before else 0
+    after = _SENTENCE_END.search(line, end)
+    end = after.end() if after and end < len(line) - _MOJIBAKE_WINDOW else len(line)
     out = line[:start] + line[end:]
     if len(out.strip()) < 4:
         out = ""
