@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from gpt_novel import __version__
 from gpt_novel.config import PrepareConfig, parse_size
-from gpt_novel.data import chapters, clean, ingest, segment, shards
+from gpt_novel.data import chapters, charsets, clean, ingest, segment, shards
 from gpt_novel.data.vocab import UNK, Vocab, build_tokens
 from gpt_novel.errors import UserError
 
@@ -56,7 +56,8 @@ class FileResult:
         if self.status != "ok":
             return {**out, "reason": self.reason}
         removed = dict(self.removed)
-        removed["whitespace"] = self.chars_in - kept - sum(removed.values())
+        # normalization's whitespace (line ends, indentation, blank lines) is what is left unaccounted for
+        removed["whitespace"] = removed.get("whitespace", 0) + self.chars_in - kept - sum(removed.values())
         return {**out, "encoding": self.encoding, "plausibility": round(self.plausibility, 4), "script": self.script,
                 "chapters": n_chapters, "chars_in": self.chars_in, "chars_kept": kept,
                 "chars_removed": {k: v for k, v in sorted(removed.items()) if v}, "undecodable_bytes":
@@ -75,7 +76,7 @@ def read_and_split(path: str, to_simplified: bool) -> FileResult:
     result.encoding, result.plausibility = decoded.encoding, decoded.confidence
     result.undecodable_bytes, result.warnings = decoded.undecodable_bytes, decoded.warnings
     result.chars_in = sum(len(t) for t in decoded.texts)
-    result.script = ingest.charsets.script_of(decoded.texts[0][:200_000])
+    result.script = charsets.script_of(decoded.texts[0][:200_000])
     for text in decoded.texts:
         longest = max((len(line) for line in text.splitlines()), default=0)
         if longest > LONG_LINE:
@@ -94,7 +95,7 @@ def read_and_split(path: str, to_simplified: bool) -> FileResult:
 
 
 # The per-file result depends on these modules' code, so their bytes are part of its cache key.
-_READ_CODE = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (ingest, ingest.charsets, clean, chapters)))
+_READ_CODE = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (ingest, charsets, clean, chapters)))
 
 
 def _read_cache_path(sha: str, to_simplified: bool, cache_root: str | None) -> Path | None:

@@ -87,12 +87,6 @@ def test_utf16_without_bom_mostly_ascii_is_detected(tmp_path, codec):
     assert decoded.texts == [text]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BOM-less UTF-16 is recognised only when >20% of the bytes at odd (LE) or even (BE) offsets are NUL, which "
-    "only ASCII-heavy text has; Chinese prose in UTF-16 has almost no NUL bytes, so it is refused as "
-    "'binary file (contains NUL bytes)'",
-)
 @pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
 def test_utf16_without_bom_chinese_is_detected(tmp_path, simplified, codec):
     decoded = read_file(write(tmp_path, "novel.txt", simplified.encode(codec)))
@@ -230,11 +224,6 @@ def test_empty_or_whitespace_file_is_refused(tmp_path, data):
         read_file(write(tmp_path, "empty.txt", data))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="read_file tests emptiness on the raw bytes only: a file holding just a BOM (as Notepad saves an empty "
-    "file) or only non-ASCII whitespace decodes to a blank text and is accepted instead of refused as empty",
-)
 @pytest.mark.parametrize(
     "data",
     [codecs.BOM_UTF8, codecs.BOM_UTF16_LE + " \n".encode("utf-16-le"), "\u3000\u3000\n".encode()],

@@ -104,20 +104,17 @@ def script_of(text: str) -> str:
 
 
 # Characters that do not occur in Chinese prose but do in mojibake (accented Latin and IPA, Greek, Cyrillic,
-# enclosed numbers, box drawing, kana, bopomofo, Hangul, private use, vertical forms, full-width Latin letters,
-# half-width kana, replacement character).
+# box drawing, kana, bopomofo, Hangul, private use, vertical forms, half-width kana, replacement character).
+# Full-width Latin letters (ＯＫ) and circled numbers (①) are left out: novels use them.
 _SUSPICIOUS_RANGES = (
     (0x0180, 0x02AF),
     (0x0370, 0x052F),
-    (0x2460, 0x24FF),
     (0x2502, 0x259F),  # box drawing, but not ─ ━ (U+2500/2501), which some editions use as a dash
     (0x3040, 0x30FF),
     (0x3100, 0x312F),
     (0xAC00, 0xD7AF),
     (0xE000, 0xF8FF),
     (0xFE30, 0xFE4F),
-    (0xFF21, 0xFF3A),
-    (0xFF41, 0xFF5A),
     (0xFF61, 0xFF9F),
     (0xFFFD, 0xFFFD),
 )

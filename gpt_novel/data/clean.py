@@ -46,8 +46,12 @@ _NAV_WORDS = frozenset(
     "返回書頁 返回书页 回目錄 返回目錄 上一頁 下一頁".split()
 )
 _DECORATION = re.compile(r"[-—=*_~#.·•─━＝－＊～\s]{3,}")
-_MOJIBAKE_CHAR = re.compile(r"\?+|" + charsets.SUSPICIOUS.pattern)  # "???" (lost characters) counts once
+# A mark is a suspicious character, a run of '?' (counted once) or a full-width Latin letter; a strange one is
+# a suspicious character proper.
+_STRANGE = charsets.SUSPICIOUS
+_MOJIBAKE_MARK = re.compile(r"\?+|[Ａ-Ｚａ-ｚ]|" + charsets.SUSPICIOUS.pattern)
 _MOJIBAKE_WINDOW = 12
+_MOJIBAKE_LONG = 5
 _SENTENCE_END = re.compile(r"[。！？．；!;…]+[”」』\"]?")
 _MOJIBAKE_MIN = 3
 
@@ -94,6 +98,7 @@ def _clean_line(line: str, removed: Counter) -> str:
         line = _cut(pattern, line, reason, removed)
     line = _cut_mojibake(line, removed)
     tidy = _SPACES.sub(" ", line).strip()
+    removed["whitespace"] += len(line) - len(tidy)  # spaces left around a cut
     if tidy and _DECORATION.fullmatch(tidy):
         removed["decoration"] += len(tidy)
         tidy = ""
@@ -107,7 +112,7 @@ def _whole_line_reason(line: str) -> str | None:
         return "metadata"
     if _DISCLAIMER.search(line):
         return "disclaimer"
-    if _AD_LINE.search(line) and (_URL.search(line) or len(line) < 80):
+    if _AD_LINE.search(line) and _URL.search(line):
         return "ad"
     return None
 
@@ -121,33 +126,46 @@ def _cut(pattern: re.Pattern, line: str, reason: str, removed: Counter) -> str:
 
 
 def _cut_mojibake(line: str, removed: Counter) -> str:
-    """Remove the span of a line that is mojibake (a run dense in kana, box drawing, Cyrillic, stray '?', ...).
+    """Remove the spans of a line that are mojibake: runs dense in odd characters (kana, Cyrillic, box drawing, ...)
+    and stray '?' or full-width letters, cut back to the sentence ends around them.
 
-    Half-character-shift damage starts somewhere in a line and runs to its end, so the good start is kept.
+    Half-character-shift damage starts somewhere in a line and may run to its end or resynchronise, so the good
+    text around a span is kept. A dense run made only of '?' and full-width letters counts when long (lost
+    characters), not when short: "什么?你说什么?" is dialogue typed with ASCII question marks.
     """
-    marks = [m.start() for m in _MOJIBAKE_CHAR.finditer(line)]
+    marks = list(_MOJIBAKE_MARK.finditer(line))
     if len(marks) < _MOJIBAKE_MIN:
         return line
-    flags = [False] * len(line)
-    for i in marks:
-        flags[i] = True
-    prefix = [0]
-    for flag in flags:
-        prefix.append(prefix[-1] + flag)
-    n, start, end = len(line), None, None
-    for i in range(max(1, n - _MOJIBAKE_WINDOW + 1)):
-        if prefix[min(n, i + _MOJIBAKE_WINDOW)] - prefix[i] >= _MOJIBAKE_MIN:
-            start = i + flags[i:].index(True) if start is None else start
-            end = min(n, i + _MOJIBAKE_WINDOW)
-    if start is None:
+    out, last = [], 0
+    for start, end in _mojibake_spans(line, marks):
+        out.append(line[last:start])
+        last = end
+    if last == 0:
         return line
-    # The damage begins and ends between sentence ends: widen the cut to them (or to the ends of the line).
-    before = [m.end() for m in _SENTENCE_END.finditer(line, 0, start)]
-    start = before[-1] if before else 0
-    after = _SENTENCE_END.search(line, end)
-    end = after.end() if after and end < len(line) - _MOJIBAKE_WINDOW else len(line)
-    out = line[:start] + line[end:]
-    if len(out.strip()) < 4:
-        out = ""
-    removed["mojibake"] += len(line) - len(out)
-    return out
+    out.append(line[last:])
+    kept = "".join(out)
+    if len(kept.strip()) < 4:
+        kept = ""
+    removed["mojibake"] += len(line) - len(kept)
+    return kept
+
+
+def _mojibake_spans(line: str, marks: list[re.Match]) -> list[tuple[int, int]]:
+    """Groups of marks with at most _MOJIBAKE_WINDOW characters between neighbours, widened to sentence ends."""
+    groups: list[list[re.Match]] = [[marks[0]]]
+    for m in marks[1:]:
+        if m.start() - groups[-1][-1].start() <= _MOJIBAKE_WINDOW:
+            groups[-1].append(m)
+        else:
+            groups.append([m])
+    spans: list[tuple[int, int]] = []
+    for group in groups:
+        strange = sum(1 for m in group if _STRANGE.match(m.group()))
+        if len(group) < _MOJIBAKE_MIN or (not strange and len(group) < _MOJIBAKE_LONG):
+            continue
+        before = [s.end() for s in _SENTENCE_END.finditer(line, 0, group[0].start())]
+        start = max(before[-1] if before else 0, spans[-1][1] if spans else 0)
+        after = _SENTENCE_END.search(line, group[-1].end())
+        end = after.end() if after and group[-1].end() < len(line) - _MOJIBAKE_WINDOW else len(line)
+        spans.append((start, end))
+    return spans

@@ -68,6 +68,8 @@ def read_file(path: Path) -> Decoded:
     if not data.strip():
         raise RefusedFile("empty file")
     encoding, text, confidence, errors = detect_and_decode(data)
+    if not text.strip():
+        raise RefusedFile("empty file (only a byte-order mark or whitespace)")
     decoded = Decoded(str(path), [text], encoding, confidence, errors)
     if errors:
         decoded.warnings.append(f"{errors} undecodable byte(s) as {encoding}; removed and counted")
@@ -113,17 +115,18 @@ def _bom_decode(data: bytes) -> tuple[str, str, float, int] | None:
 
 
 def _utf16_without_bom(data: bytes) -> tuple[str, str, float, int] | None:
-    sample = data[:65536]
-    even_nuls = sample[0::2].count(0) / max(1, len(sample[0::2]))
-    odd_nuls = sample[1::2].count(0) / max(1, len(sample[1::2]))
-    codec = "utf-16-le" if odd_nuls > 0.2 > even_nuls else "utf-16-be" if even_nuls > 0.2 > odd_nuls else None
-    if codec is None:
+    """NUL bytes in a text file mean UTF-16 without a BOM, if one byte order gives plausible text."""
+    if len(data) % 2:
         return None
-    text, errors = _decode_counting(data, codec)
-    score = charsets.plausibility(text)
-    if errors > MAX_ERROR_SHARE * len(data) or score < MIN_PLAUSIBILITY:
-        return None
-    return codec, text, score, errors
+    best = None
+    for codec in ("utf-16-le", "utf-16-be"):
+        text, errors = _decode_counting(data, codec)
+        score = charsets.plausibility(text) - errors / max(1, len(text))
+        if any(ch < " " and ch not in "\t\n\r\f" for ch in text[:4096]):
+            continue  # the wrong byte order turns ASCII into control-free CJK, the right one never into controls
+        if score >= MIN_PLAUSIBILITY and errors <= MAX_ERROR_SHARE * len(data) and (best is None or score > best[2]):
+            best = (codec, text, score, errors)
+    return best
 
 
 def _control_share(sample: bytes) -> float:

@@ -129,11 +129,12 @@ def default_cache_dir() -> Path:
     return Path(base) / "gpt-novel"
 
 
-def _segment_job(args: tuple[int, str, str | None]) -> tuple[int, list[str]]:
+def _segment_job(args: tuple[int, str, str | None]) -> tuple[int, str]:
+    """Cut one text; the words go back joined into one string, which pickles far faster than a list."""
     index, text, cache_root = args
     words = segment_text(text)
     SegmentCache(Path(cache_root) if cache_root else None).put(text, words)
-    return index, words
+    return index, SEP.join(words)
 
 
 def segment_all(
@@ -161,10 +162,10 @@ def segment_all(
     root = str(cache.root) if cache.root else None
     jobs = ((i, texts[i], root) for i in todo)
     workers = pool() if todo else None  # started only when something is not cached
-    results: Iterable[tuple[int, list[str]]] = (
+    results: Iterable[tuple[int, str]] = (
         workers.imap_unordered(_segment_job, jobs, chunksize=1) if workers is not None else map(_segment_job, jobs)
     )
-    for i, words in results:
-        result[i] = words
+    for i, joined in results:
+        result[i] = joined.split(SEP) if joined else []
         on_progress(len(texts[i]))
     return result, len(todo)  # type: ignore[return-value]
