@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,7 +120,7 @@ def _read_yaml(path: Path) -> dict:
 def _coerce(key: str, value, hint):
     """YAML and argparse give the right types already; reject what does not fit instead of failing later."""
     base = typing.get_origin(hint) or hint
-    if base is typing.Union or str(base) == "types.UnionType":
+    if base in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
         return value if value is None else _coerce(key, value, options[0])
     if base is list:

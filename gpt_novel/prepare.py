@@ -16,6 +16,7 @@ import random
 import shutil
 import sys
 import time
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,9 +297,9 @@ def print_summary(report: dict, manifest: dict, out: Path) -> None:
         top = sorted(f["chars_removed"].items(), key=lambda kv: -kv[1])[:3]
         rows.append((name, f["encoding"], f["script"], str(f["chapters"]), f"{f['chars_in']:,}", f"{f['chars_kept']:,}",
                      ", ".join(f"{k} {v:,}" for k, v in top), str(f["unk"])))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    widths = [max(_width(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        print("  ".join(c + " " * (w - _width(c)) for c, w in zip(r, widths, strict=True)).rstrip())
     for line in refused:
         print(line)
     t = report["totals"]
@@ -308,6 +309,11 @@ def print_summary(report: dict, manifest: dict, out: Path) -> None:
           f"{t['chars_kept']:,} of {t['chars_in']:,} characters kept; {t['tokens']:,} tokens "
           f"({t['tokenizer']} vocabulary of {t['vocab_size']:,}, {t['unk']} [UNK]); seq len {manifest['seq_len']}")
     print(f"{splits}\nwrote {out}/ (manifest.json, report.json, tokenizer/, train/, val/) in {t['seconds']} s")
+
+
+def _width(text: str) -> int:
+    """Terminal columns: Chinese characters take two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
 # --- the output directory ---------------------------------------------------------------------------------------

@@ -188,3 +188,34 @@ def test_gpt2_chinese_train_json(tmp_path, cache_dir, sample_text):
     assert run_prepare([tmp_path / "train.json"], tmp_path / "d", cache_dir, "--seq-len", "64") == 0
     report = json.loads((tmp_path / "d" / "report.json").read_text())
     assert report["totals"]["chapters"] == 6 and report["totals"]["unk"] == 0
+
+
+def test_options_from_yaml_with_cli_overrides(tmp_path, cache_dir):
+    config = tmp_path / "prepare.yaml"
+    config.write_text("seq_len: 32\nval-ratio: 0.2\nseed: 7\ntokenizer: char\n", encoding="utf-8")
+    out = tmp_path / "d"
+    assert run_prepare([SAMPLE_DIR], out, cache_dir, "--config", str(config), "--seed", "8") == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["seq_len"], manifest["seed"], manifest["tokenizer"]["kind"]) == (32, 8, "char")
+    assert manifest["splits"]["val"]["chapters"] == 1  # round(0.2 × 6) = 1
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [("seq_lenn: 32\n", "unknown config key(s)"), ("seq_len: many\n", "seq-len must be an integer"),
+     ("[1, 2]\n", "must hold a mapping"), ("to_simplified: 3\n", "to-simplified must be true or false")],
+)
+def test_bad_yaml_config_gets_one_line(tmp_path, cache_dir, capsys, yaml_text, message):
+    config = tmp_path / "prepare.yaml"
+    config.write_text(yaml_text, encoding="utf-8")
+    assert run_prepare([SAMPLE_DIR], tmp_path / "d", cache_dir, "--config", str(config)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_empty_json_list_is_refused(tmp_path, cache_dir, sample_text):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "train.json").write_text("[]", encoding="utf-8")
+    (tmp_path / "in" / "novel.txt").write_text(sample_text, encoding="utf-8")
+    assert run_prepare([tmp_path / "in"], tmp_path / "d", cache_dir, "--seq-len", "64") == 0
+    files = json.loads((tmp_path / "d" / "report.json").read_text())["files"]
+    assert next(f for f in files if f["path"].endswith("train.json"))["reason"].startswith("no articles")

@@ -74,7 +74,9 @@ def read_file(path: Path) -> Decoded:
     if errors:
         decoded.warnings.append(f"{errors} undecodable byte(s) as {encoding}; removed and counted")
     if path.suffix.lower() in JSON_SUFFIXES:
-        decoded.texts = _json_articles(text, path)
+        decoded.texts = [t for t in _json_articles(text, path) if t.strip()]
+        if not decoded.texts:
+            raise RefusedFile("no articles (the JSON holds no non-empty text)")
     return decoded
 
 
