@@ -47,15 +47,55 @@ def _run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot_parser(sub) -> None:
+    p = sub.add_parser(
+        "plot",
+        help="plot a run's train/val loss to a PNG",
+        description="Read RUN_DIR/metrics.jsonl and plot train loss and validation loss against tokens seen.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="training run directory (holds metrics.jsonl)")
+    p.add_argument("--out", metavar="PNG", help="output image (default RUN_DIR/loss.png)")
+    p.set_defaults(func=_run_plot)
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gpt_novel import metrics
+
+    out = metrics.plot_run(Path(args.run_dir), Path(args.out) if args.out else None)
+    print(out)
+    return 0
+
+
+def _train_parser(sub) -> None:
+    # The trainer parses its own options (every config field is a flag): `gpt-novel train --help` lists them.
+    p = sub.add_parser("train", add_help=False, help="train GPT-2 on prepared shards (one process; for several use "
+                       "accelerate launch or torchrun with -m gpt_novel.train)")
+    p.add_argument("train_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from gpt_novel import train
+
+    return train.main(args.train_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpt-novel", description="Pretrain GPT-2 on Chinese novels.")
     parser.add_argument("--version", action="version", version=f"gpt-novel {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _prepare_parser(sub)
+    _train_parser(sub)
+    _plot_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:  # everything after `train` belongs to the trainer, --help included
+        return _run_train(argparse.Namespace(train_args=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

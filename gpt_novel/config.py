@@ -6,7 +6,9 @@ the option, not a traceback.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import os
 import re
 import types
@@ -141,3 +143,131 @@ def _coerce(key: str, value, hint):
 
 def _bad(key: str, value, base):
     raise UserError(f"{key.replace('_', '-')} must be {'an integer' if base is int else 'a number'}, not {value!r}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; a preset YAML gives the defaults, flags override any field."""
+
+    # where
+    data: str = ""
+    run_dir: str = ""
+    # model (GPT-2)
+    preset: str = "custom"
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 128
+    n_positions: int = 0  # 0: the data's seq_len
+    dropout: float = 0.1
+    activation_checkpointing: bool = False
+    compile: bool = False
+    # optimisation
+    max_steps: int = 200
+    micro_batch_size: int = 8
+    grad_accum: int = 1
+    global_batch_size: int = 0  # 0: whatever micro_batch_size × grad_accum × world size gives; else checked
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    deepspeed: str = "ds_configs/zero2.json"
+    seed: int = 1234
+    num_workers: int = 1
+    # checkpoints
+    save_every: int = 100
+    keep_last: int = 3
+    resume: str = "auto"  # auto | never | PATH of a checkpoint
+    max_bad_steps: int = 5
+    # observability
+    eval_every: int = 100
+    eval_batches: int = 20
+    sample_every: int = 500
+    sample_tokens: int = 48
+    peak_flops: float = 0.0  # per device, for MFU; 0: from the GPU's name where known
+    tensorboard: bool = True
+    progress: bool = True
+    log_all_ranks: bool = False
+
+    def validate(self, world_size: int) -> TrainConfig:
+        """Check everything that can be checked without starting a process group; raise UserError on the first
+        problem."""
+        if not self.data:
+            raise UserError("--data DATA_DIR is required (a directory made by `gpt-novel prepare`)")
+        if not self.run_dir:
+            raise UserError("--run-dir RUN_DIR is required")
+        manifest = self.manifest()
+        seq_len = manifest["seq_len"]
+        for name in ("n_layer", "n_head", "n_embd", "max_steps", "micro_batch_size", "grad_accum", "save_every",
+                     "keep_last", "eval_every", "max_bad_steps"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise UserError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        if self.n_positions == 0:
+            self.n_positions = seq_len
+        if self.n_positions < seq_len:
+            raise UserError(f"n_positions {self.n_positions} is shorter than the data's seq_len {seq_len}")
+        global_batch = self.micro_batch_size * self.grad_accum * world_size
+        if self.global_batch_size and self.global_batch_size != global_batch:
+            raise UserError(
+                f"global_batch_size {self.global_batch_size} != micro_batch_size {self.micro_batch_size} × grad_accum "
+                f"{self.grad_accum} × world size {world_size} = {global_batch}"
+            )
+        self.global_batch_size = global_batch
+        if not 0 <= self.min_lr <= self.lr:
+            raise UserError(f"min_lr {self.min_lr} must be between 0 and lr {self.lr}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"dropout {self.dropout} must be in [0, 1)")
+        if self.warmup_steps < 0 or self.warmup_steps >= self.max_steps:
+            raise UserError(f"warmup_steps {self.warmup_steps} must be in [0, max_steps {self.max_steps})")
+        if not Path(self.deepspeed).is_file():
+            raise UserError(f"DeepSpeed config not found: {self.deepspeed}")
+        if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
+            raise UserError(f"--resume must be auto, never or a checkpoint directory; {self.resume} does not exist")
+        train = manifest["splits"].get("train", {})
+        need = world_size * self.micro_batch_size * self.grad_accum
+        if train.get("samples", 0) < need:
+            raise UserError(f"{self.data} has {train.get('samples', 0)} training samples, fewer than one optimizer "
+                            f"step needs ({need} = world size × micro batch × accumulation)")
+        return self
+
+    def manifest(self) -> dict:
+        path = Path(self.data) / "manifest.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"{self.data} is not a prepared data directory (no manifest.json); run "
+                            "`gpt-novel prepare` first") from None
+
+
+def train_config(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
+    """Parse `train` arguments: --config PRESET.yaml, then any field as --field-name VALUE."""
+    parser = argparse.ArgumentParser(prog="gpt-novel train", description="Train GPT-2 on prepared shards.")
+    parser.add_argument("--config", metavar="YAML", help="a preset (launch/presets/tiny.yaml …) or a saved config")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if hints[f.name] is bool:
+            parser.add_argument(flag, type=_parse_bool, metavar="true|false", default=None)
+        else:
+            parser.add_argument(flag, type=str, default=None, metavar=f.name.upper())
+    args = parser.parse_args(argv)
+    config = args.config
+    if config and not Path(config).exists() and (PRESETS / f"{config}.yaml").exists():
+        config = str(PRESETS / f"{config}.yaml")
+    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    return load_config(TrainConfig, config, overrides), args
+
+
+PRESETS = Path(__file__).resolve().parent.parent / "launch" / "presets"
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")

@@ -1,0 +1,188 @@
+"""The per-rank sample stream: a pure function of (seed, epoch, rank, world size, position), resumable in O(1).
+
+Every epoch the shards are put in a new order and the samples of each shard in a new order, both drawn from
+`(seed, epoch)`; concatenated, they form the epoch's global sequence. Rank r takes the r-th contiguous slice of it,
+so a rank reads only the shards its slice covers (a shard is shared by two ranks at most, at a slice boundary) and
+the ranks' samples are disjoint. Each slice holds the same whole number of optimizer steps on every rank (so
+collectives never desynchronise); the few samples left over at the end of the sequence (fewer than one optimizer
+step's worth per rank) wait for the next epoch, whose order differs. Epochs follow each other without a pause.
+
+Micro-batch g (counted from the start of training, across epochs) is a function of g alone, so the position saved
+in a checkpoint is one integer, and resuming seeks straight to it: no batch is replayed. DataLoader worker w of W
+produces micro-batches g0 + w, g0 + w + W, …, which the DataLoader hands out round robin: the trainer sees the
+same sequence for any number of workers. Workers read samples by index (tar member offsets are read once per
+shard), so any number of shards works with any number of ranks and workers.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import signal
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gpt_novel.data.shards import SAMPLE_FIELD
+from gpt_novel.errors import UserError
+
+
+class ShardSet:
+    """The shards of one split, as listed in the manifest, with random access to any sample."""
+
+    def __init__(self, root: Path, shards: list[dict], sample_len: int):
+        self.root = root
+        self.paths = [root / s["path"] for s in shards]
+        self.counts = np.array([s["samples"] for s in shards], dtype=np.int64)
+        self.sample_len = sample_len
+        self._offsets: dict[int, list[int]] = {}
+        self._fds: dict[int, int] = {}
+        self._pid = os.getpid()
+
+    @classmethod
+    def load(cls, data_dir: str | Path, split: str) -> ShardSet:
+        root = Path(data_dir)
+        manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+        if split not in manifest["splits"]:
+            raise UserError(f"{root} has no {split} split")
+        return cls(root, manifest["splits"][split]["shards"], manifest["sample_len"])
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def read(self, shard: int, index: int) -> np.ndarray:
+        """Sample `index` of shard `shard` (one pread of its .npy member)."""
+        if os.getpid() != self._pid:  # a forked DataLoader worker opens its own files
+            self._fds, self._pid = {}, os.getpid()
+        offsets = self._member_offsets(shard)
+        fd = self._fds.get(shard)
+        if fd is None:
+            fd = self._fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
+        start, size = offsets[index]
+        return np.load(io.BytesIO(os.pread(fd, size, start)), allow_pickle=False)
+
+    def _member_offsets(self, shard: int) -> list[tuple[int, int]]:
+        if shard not in self._offsets:
+            with tarfile.open(self.paths[shard], "r:") as tar:
+                found = [(m.offset_data, m.size) for m in tar if m.name.endswith("." + SAMPLE_FIELD)]
+            if len(found) != self.counts[shard]:
+                raise UserError(f"{self.paths[shard]} holds {len(found)} samples, the manifest says "
+                                f"{self.counts[shard]}: the data directory is damaged; prepare it again")
+            self._offsets[shard] = found
+        return self._offsets[shard]
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What the sample stream of one rank depends on (besides the shard sizes)."""
+
+    seed: int
+    rank: int
+    world_size: int
+    micro_batch_size: int
+    grad_accum: int
+
+
+class TrainStream(torch.utils.data.IterableDataset):
+    """Micro-batches (LongTensor [micro_batch_size, sample_len]) of one rank from micro-batch `start` on, forever."""
+
+    def __init__(self, shards: ShardSet, spec: StreamSpec, start: int = 0):
+        super().__init__()
+        self.shards, self.spec, self.start = shards, spec, start
+        step_samples = spec.micro_batch_size * spec.grad_accum
+        steps = shards.total // spec.world_size // step_samples
+        if steps == 0:
+            raise UserError(f"{shards.total} training samples are fewer than one optimizer step on every rank "
+                            f"needs ({spec.world_size} × {step_samples})")
+        self.steps_per_epoch = steps
+        self.batches_per_epoch = steps * spec.grad_accum
+        self.rank_samples = steps * step_samples
+
+    def sample_ids(self, g: int) -> list[tuple[int, int]]:
+        """(shard, index in shard) of each sample of micro-batch g of this rank."""
+        epoch, k = divmod(g, self.batches_per_epoch)
+        order, starts = _epoch_order(tuple(self.shards.counts.tolist()), self.spec.seed, epoch)
+        mb = self.spec.micro_batch_size
+        first = self.spec.rank * self.rank_samples + k * mb
+        out = []
+        for p in range(first, first + mb):
+            j = int(np.searchsorted(starts, p, side="right") - 1)
+            shard = int(order[j])
+            local = p - int(starts[j])
+            out.append((shard, int(_sample_order(int(self.shards.counts[shard]), self.spec.seed, epoch, shard)[local])))
+        return out
+
+    def batch(self, g: int) -> torch.Tensor:
+        rows = [self.shards.read(shard, index) for shard, index in self.sample_ids(g)]
+        return torch.from_numpy(np.stack(rows).astype(np.int64))
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        g = self.start + worker
+        while True:
+            yield self.batch(g)
+            g += workers
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(counts: tuple[int, ...], seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The epoch's shard order and where each shard starts in the epoch's global sequence."""
+    order = np.random.default_rng([seed, epoch, 0]).permutation(len(counts))
+    sizes = np.asarray(counts, dtype=np.int64)[order]
+    return order, np.concatenate([[0], np.cumsum(sizes)])
+
+
+@functools.lru_cache(maxsize=64)
+def _sample_order(count: int, seed: int, epoch: int, shard: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch, 1, shard]).permutation(count)
+
+
+def make_loader(stream: TrainStream, num_workers: int) -> torch.utils.data.DataLoader:
+    """A DataLoader over the stream with its own RNG, so creating it does not draw from the global torch RNG."""
+    return torch.utils.data.DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(stream.spec.seed),
+        pin_memory=torch.cuda.is_available(),
+        prefetch_factor=4 if num_workers else None,
+        persistent_workers=False,
+        worker_init_fn=_ignore_stop_signals,
+    )
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Slurm and `kill -- -PGID` signal every process of the job: the trainer handles SIGTERM/SIGUSR1 (finish the
+    step, save, exit) and its data workers must live on until it shuts them down."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+def val_batches(shards: ShardSet, rank: int, world_size: int, micro_batch_size: int,
+                max_batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The validation samples of one rank in fixed order, as (batch, weight) with weight 0 on padding rows.
+
+    Every rank gets the same number of batches (a forward pass under ZeRO-3 is collective), disjoint samples, and
+    together at most `max_batches` × world size × micro batch samples, all of them when there are fewer.
+    """
+    used = min(shards.total, max_batches * world_size * micro_batch_size)
+    batches = -(-used // (world_size * micro_batch_size))
+    starts = np.concatenate([[0], np.cumsum(shards.counts)])
+    for b in range(batches):
+        rows, weights = [], []
+        for i in range(micro_batch_size):
+            p = (rank * batches + b) * micro_batch_size + i
+            valid = p < used
+            q = p if valid else 0
+            j = int(np.searchsorted(starts, q, side="right") - 1)
+            rows.append(shards.read(j, q - int(starts[j])))
+            weights.append(1.0 if valid else 0.0)
+        yield torch.from_numpy(np.stack(rows).astype(np.int64)), torch.tensor(weights)

@@ -1,0 +1,301 @@
+"""The training loop. Read it top to bottom: set-up, resume, then one optimizer step at a time.
+
+    accelerate launch --config_file launch/zero2.yaml -m gpt_novel.train --config launch/presets/tiny.yaml \\
+        --data data/ --run-dir runs/tiny
+    torchrun --nproc_per_node 2 -m gpt_novel.train --config tiny --data data/ --run-dir runs/tiny
+    gpt-novel train --config tiny --data data/ --run-dir runs/tiny          # one process
+
+Rerunning the same command resumes from the newest complete checkpoint. Exit status: 0 when max_steps is reached,
+75 after SIGTERM/SIGUSR1 (the step in flight finished and a checkpoint was saved: run the command again to go on),
+1 when training stopped on non-finite losses (the last good checkpoint is kept), 2 for a bad config.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gpt_novel import checkpoint, metrics, parallel
+from gpt_novel.config import TrainConfig, train_config
+from gpt_novel.data.stream import ShardSet, StreamSpec, TrainStream, make_loader, val_batches
+from gpt_novel.data.vocab import Vocab
+from gpt_novel.errors import UserError
+from gpt_novel.model import build_model, count_params, param_groups
+
+EXIT_PREEMPTED = 75
+EXIT_BAD_STEPS = 1
+
+
+class _StopRequest:
+    """SIGTERM / SIGUSR1 set a flag; the loop finishes its optimizer step, saves and exits."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    rank = parallel.rank_from_env()
+    try:
+        cfg, _ = train_config(argv)
+        cfg.validate(parallel.world_size_from_env())
+    except UserError as e:  # before any process group: every rank stops, rank 0 says why
+        if rank == 0:
+            print(f"gpt-novel train: error: {e}", file=sys.stderr)
+        return 2
+    parallel.single_process_env()
+    try:
+        code = Trainer(cfg).run()
+    except UserError as e:  # raised on every rank alike (a refused resume, a config DeepSpeed rejects)
+        if rank == 0:
+            print(f"gpt-novel train: error: {e}", file=sys.stderr)
+        code = 2
+    parallel.shutdown()  # not after an unexpected exception: the other ranks may never reach the barrier
+    return code
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.stop = _StopRequest()
+        self.accelerator = parallel.make_accelerator(cfg)
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.device = self.accelerator.device
+        self.run_dir = Path(cfg.run_dir)
+        self.data = Path(cfg.data)
+        self.manifest = cfg.manifest()
+        self.vocab = Vocab.load(self.data / "tokenizer")
+        self.is_main = self.rank == 0
+        _quiet_deepspeed()
+        # --- the model, the same initial weights on every rank -------------------------------------------------
+        _seed_everything(cfg.seed)
+        model = build_model(cfg, self.vocab)
+        self.n_params = count_params(model)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                      betas=(cfg.beta1, cfg.beta2), eps=1e-8)
+        self.scheduler = _cosine_schedule(optimizer, cfg)
+        self.engine, _ = self.accelerator.prepare(model, optimizer)
+        if cfg.compile:
+            self.engine.compile()
+        self.zero_stage = parallel.zero_stage(self.accelerator)
+        self.flops_per_token = metrics.flops_per_token(self.n_params, cfg.n_layer, cfg.n_embd, self.seq_len)
+        name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+        self.peak = metrics.peak_flops(name, cfg.peak_flops or None)
+        self.char_len = torch.tensor([0 if t in ("[CLS]", "[MASK]", "[PAD]") else 1 if t == "[SEP]" else len(t)
+                                      for t in self.vocab.tokens], dtype=torch.float64)
+
+    @property
+    def seq_len(self) -> int:
+        return self.manifest["seq_len"]
+
+    # --- resume ------------------------------------------------------------------------------------------------
+    def _resume(self) -> tuple[dict, Path | None]:
+        cfg = self.cfg
+        fresh = {"step": 0, "micro_batches": 0, "tokens": 0, "skipped_steps": 0, "elapsed": 0.0}
+        if cfg.resume == "never":
+            return fresh, None
+        if cfg.resume == "auto":
+            path = checkpoint.find_latest(self.run_dir, warn=self._say)
+            if path is None:
+                return fresh, None
+        else:
+            path = Path(cfg.resume)
+        try:
+            marker = checkpoint.check_usable(path)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        if marker["world_size"] != self.world or marker["global_batch_size"] != cfg.global_batch_size:
+            raise UserError(
+                f"{path} was saved with world size {marker['world_size']} and global batch "
+                f"{marker['global_batch_size']}; this run has {self.world} and {cfg.global_batch_size}. Resume with "
+                "the same number of processes and batch sizes (elastic resume is not supported yet), or start a new "
+                "--run-dir"
+            )
+        state = checkpoint.load(self.engine, path)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self._say(f"resumed from {path} (step {state['step']}, {state['tokens']:,} tokens)")
+        return state, path
+
+    # --- the loop ----------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        cfg = self.cfg
+        state, resumed_from = self._resume()
+        train = ShardSet.load(self.data, "train")
+        spec = StreamSpec(cfg.seed, self.rank, self.world, cfg.micro_batch_size, cfg.grad_accum)
+        stream = TrainStream(train, spec, start=state["micro_batches"])
+        batches = iter(make_loader(stream, cfg.num_workers))
+        if resumed_from is not None:  # after the DataLoader iterator exists: creating it must not shift the RNG
+            checkpoint.restore_rng(resumed_from, self.rank)
+        self.log = metrics.Metrics(self.run_dir, enabled=self.is_main, total_steps=cfg.max_steps,
+                                   start_step=state["step"], tensorboard=cfg.tensorboard, progress=cfg.progress)
+        if self.is_main and state["step"] == 0:
+            self._say(f"{self.n_params / 1e6:.1f}M parameters, ZeRO-{self.zero_stage}, world size {self.world}, global "
+                      f"batch {cfg.global_batch_size} × {self.seq_len} tokens, {stream.steps_per_epoch} steps/epoch")
+        bad_in_a_row, started = 0, time.time() - state["elapsed"]
+        step = state["step"]
+        while step < cfg.max_steps:
+            t0 = time.time()
+            loss, waited = self._optimizer_step(batches)
+            step += 1
+            state["micro_batches"] += cfg.grad_accum
+            state["tokens"] += cfg.global_batch_size * self.seq_len
+            applied = self.engine.was_step_applied()
+            if not applied:
+                state["skipped_steps"] += 1
+                bad_in_a_row += 1
+                self._say(f"step {step}: non-finite loss or gradient norm, update skipped "
+                          f"({bad_in_a_row} in a row)")
+                if bad_in_a_row >= cfg.max_bad_steps:
+                    self._say(f"stopping: {bad_in_a_row} bad steps in a row (max_bad_steps); the last good "
+                              "checkpoint is kept")
+                    self.log.close()
+                    return EXIT_BAD_STEPS
+            else:
+                bad_in_a_row = 0
+            self._log_step(step, loss, state, time.time() - t0, waited, time.time() - started)
+            state["step"] = step
+            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                self._evaluate(step, state["tokens"])
+            if step % cfg.sample_every == 0 or step == cfg.max_steps:
+                self._sample(step)
+            preempted = parallel.any_rank(self.stop.signal is not None, self.device)
+            if step % cfg.save_every == 0 or step == cfg.max_steps or preempted:
+                self._save(step, state, started)
+            if preempted:
+                self._say(f"stopped by a signal after step {step}; checkpoint saved; rerun the same command to resume")
+                self.log.close()
+                return EXIT_PREEMPTED
+        self.log.close()
+        if self.is_main:
+            metrics.plot_run(self.run_dir)
+            self._say(f"done: {step} steps; run directory {self.run_dir} (tensorboard --logdir "
+                      f"{self.run_dir / 'tensorboard'})")
+        return 0
+
+    def _optimizer_step(self, batches) -> tuple[float, float]:
+        """grad_accum micro-batches forward/backward, one optimizer update (DeepSpeed clips and steps at the
+        accumulation boundary); returns the mean loss over all ranks and the seconds spent waiting for data."""
+        self.engine.train()
+        total, waited = 0.0, 0.0
+        lr = self.scheduler.get_last_lr()[0]
+        for _ in range(self.cfg.grad_accum):
+            t = time.time()
+            batch = next(batches).to(self.device, non_blocking=True)
+            waited += time.time() - t
+            logits = self.engine(input_ids=batch[:, :-1]).logits
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+            self.engine.backward(loss)
+            self.engine.step()
+            total += loss.item()
+        self._lr = lr
+        self.scheduler.step()
+        loss_sum, = parallel.all_reduce_sum([total], self.device)
+        return loss_sum / (self.cfg.grad_accum * self.world), waited
+
+    def _log_step(self, step: int, loss: float, state: dict, seconds: float, waited: float, elapsed: float) -> None:
+        tokens_per_s = self.cfg.global_batch_size * self.seq_len / max(seconds, 1e-9)
+        norm = self.engine.get_global_grad_norm()
+        norm = float(norm) if norm is not None else None
+        self.log.log_train(step, loss=loss, lr=self._lr, grad_norm=norm, tokens=state["tokens"], elapsed=elapsed,
+                           tokens_per_s=tokens_per_s,
+                           mfu=metrics.mfu(tokens_per_s / self.world, self.flops_per_token, self.peak),
+                           memory_gb=metrics.memory_gb(), skipped_steps=state["skipped_steps"])
+        self.data_wait = getattr(self, "data_wait", 0.0) + waited
+
+    def _evaluate(self, step: int, tokens: int) -> None:
+        """Validation loss, perplexity and bits per character (tokenizer-independent) on the val shards."""
+        if "val" not in self.manifest["splits"]:
+            return
+        val = ShardSet.load(self.data, "val")
+        self.engine.eval()
+        nats = count = chars = 0.0
+        with torch.no_grad():
+            for batch, weight in val_batches(val, self.rank, self.world, self.cfg.micro_batch_size,
+                                             self.cfg.eval_batches):
+                batch = batch.to(self.device)
+                logits = self.engine(input_ids=batch[:, :-1]).logits.float()
+                targets = batch[:, 1:]
+                per_token = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                            reduction="none").view_as(targets).double().cpu()
+                w = weight.double()[:, None]
+                nats += float((per_token * w).sum())
+                count += float(w.sum()) * targets.size(1)
+                chars += float((self.char_len[targets.cpu()] * w).sum())
+        nats, count, chars = parallel.all_reduce_sum([nats, count, chars], self.device)
+        self.engine.train()
+        val_loss = nats / max(count, 1)
+        self.log.log_eval(step, val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)),
+                          val_bpc=nats / math.log(2) / max(chars, 1), tokens=tokens)
+
+    def _sample(self, step: int) -> None:
+        """Greedy continuation of a fixed prompt (the start of the first val sample): greedy decoding draws no
+        random numbers, so sampling never changes the run. All ranks take part (ZeRO-3 gathers weights)."""
+        split = "val" if "val" in self.manifest["splits"] else "train"
+        room = self.cfg.n_positions
+        n_prompt = min(32, room // 2)
+        prompt = torch.from_numpy(ShardSet.load(self.data, split).read(0, 0)[:n_prompt].astype(np.int64))[None]
+        self.engine.eval()
+        with torch.no_grad():
+            out = self.engine.module.generate(prompt.to(self.device),
+                                              max_new_tokens=min(self.cfg.sample_tokens, room - n_prompt),
+                                              do_sample=False, pad_token_id=self.vocab.pad,
+                                              synced_gpus=self.zero_stage == 3 and self.world > 1)
+        self.engine.train()
+        text = self.vocab.decode(prompt[0].tolist()) + " ▶ " + self.vocab.decode(out[0, prompt.size(1):].tolist())
+        self.log.log_text(step, "sample", text)
+
+    def _save(self, step: int, state: dict, started: float) -> None:
+        state = {**state, "step": step, "elapsed": time.time() - started, "scheduler": self.scheduler.state_dict(),
+                 "world_size": self.world, "global_batch_size": self.cfg.global_batch_size}
+        path = checkpoint.save(self.engine, self.run_dir, step, state, self.cfg, self.data / "tokenizer",
+                               self.cfg.keep_last)
+        self._say(f"saved {path}")
+
+    def _say(self, text: str) -> None:
+        if self.is_main or self.cfg.log_all_ranks:
+            log = getattr(self, "log", None)
+            if log is not None and self.is_main:
+                log.message(text)
+            else:
+                print(text if self.is_main else f"[rank {self.rank}] {text}", flush=True)
+
+
+def _cosine_schedule(optimizer, cfg: TrainConfig):
+    """Linear warmup, then cosine decay to min_lr (transformers' scheduler)."""
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    return get_cosine_with_min_lr_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps,
+                                                        min_lr_rate=cfg.min_lr / cfg.lr if cfg.lr else 0.0)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _quiet_deepspeed() -> None:
+    """DeepSpeed logs every checkpoint file at INFO on every rank; keep warnings only."""
+    import logging
+
+    from deepspeed.utils import logger
+
+    logger.setLevel(logging.WARNING if os.environ.get("GPT_NOVEL_DS_VERBOSE") is None else logging.INFO)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

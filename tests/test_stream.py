@@ -1,0 +1,101 @@
+"""The per-rank sample stream: disjoint ranks, every sample once per epoch, worker-independent order, O(1) resume."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from gpt_novel.data import shards
+from gpt_novel.data.stream import ShardSet, StreamSpec, TrainStream, make_loader, val_batches
+from gpt_novel.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def shard_set(tmp_path_factory) -> ShardSet:
+    """203 samples whose first id is their global index, in shards of 16 (and a short last one)."""
+    root = tmp_path_factory.mktemp("stream")
+    samples = np.zeros((203, 9), dtype=np.uint16)
+    samples[:, 0] = np.arange(203)
+    infos = shards.write_shards(samples, root / "train", "train", 16, root)
+    return ShardSet(root, [i.to_json() for i in infos], 9)
+
+
+def _ids(batch: torch.Tensor) -> list[int]:
+    return batch[:, 0].tolist()
+
+
+def _epoch(shard_set: ShardSet, rank: int, world: int, epoch: int = 0, mb: int = 4, accum: int = 2) -> list[int]:
+    stream = TrainStream(shard_set, StreamSpec(7, rank, world, mb, accum))
+    first = epoch * stream.batches_per_epoch
+    return [i for g in range(first, first + stream.batches_per_epoch) for i in _ids(stream.batch(g))]
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_ranks_are_disjoint_and_an_epoch_sees_every_sample_once(shard_set, world):
+    seen = [_epoch(shard_set, r, world) for r in range(world)]
+    flat = [i for ids in seen for i in ids]
+    assert len(flat) == len(set(flat))  # no sample twice, within or across ranks
+    assert len({len(ids) for ids in seen}) == 1  # the same number of steps on every rank
+    step = world * 4 * 2
+    assert len(flat) == 203 // step * step  # all but fewer than one optimizer step's worth
+    assert set(flat) <= set(range(203))
+
+
+def test_single_rank_epoch_covers_everything_when_it_divides(tmp_path):
+    samples = np.zeros((64, 5), dtype=np.uint16)
+    samples[:, 0] = np.arange(64)
+    root = tmp_path
+    infos = shards.write_shards(samples, root / "train", "train", 10, root)
+    ids = _epoch(ShardSet(root, [i.to_json() for i in infos], 5), 0, 2, mb=4, accum=2)
+    ids += _epoch(ShardSet(root, [i.to_json() for i in infos], 5), 1, 2, mb=4, accum=2)
+    assert sorted(ids) == list(range(64))
+
+
+def test_each_epoch_has_a_new_order_from_the_seed(shard_set):
+    e0, e1 = _epoch(shard_set, 0, 1, 0), _epoch(shard_set, 0, 1, 1)
+    assert e0 != e1 and sorted(e0) != e0
+    assert _epoch(shard_set, 0, 1, 1) == e1  # a pure function of (seed, epoch, rank, world, position)
+
+
+def test_a_rank_reads_few_shards(shard_set):
+    stream = TrainStream(shard_set, StreamSpec(7, 0, 3, 4, 2))
+    used = {shard for g in range(stream.batches_per_epoch) for shard, _ in stream.sample_ids(g)}
+    assert len(used) <= len(shard_set.counts) // 3 + 2
+
+
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_the_loader_order_does_not_depend_on_workers_and_resumes_at_any_position(shard_set, workers):
+    spec = StreamSpec(7, 1, 2, 4, 2)
+    reference = [_ids(TrainStream(shard_set, spec).batch(g)) for g in range(40)]  # crosses an epoch boundary
+    loader = make_loader(TrainStream(shard_set, spec), workers)
+    assert [_ids(b) for b in itertools.islice(loader, 40)] == reference
+    resumed = make_loader(TrainStream(shard_set, spec, start=17), workers)
+    assert [_ids(b) for b in itertools.islice(resumed, 23)] == reference[17:]
+
+
+def test_creating_the_loader_does_not_touch_the_global_rng(shard_set):
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    next(iter(make_loader(TrainStream(shard_set, StreamSpec(7, 0, 1, 4, 1)), 2)))
+    assert torch.equal(before, torch.get_rng_state())
+
+
+def test_too_few_samples_is_a_clear_error(shard_set):
+    with pytest.raises(UserError, match="fewer than one optimizer step"):
+        TrainStream(shard_set, StreamSpec(7, 0, 64, 4, 1))
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_validation_batches_cover_the_split_once_with_padding_weighted_out(shard_set, world):
+    per_rank = [list(val_batches(shard_set, r, world, 8, max_batches=100)) for r in range(world)]
+    assert len({len(b) for b in per_rank}) == 1  # same number of forward passes on every rank
+    counted = Counter()
+    for batches in per_rank:
+        for batch, weight in batches:
+            for i, w in zip(_ids(batch), weight.tolist(), strict=True):
+                counted[i] += w
+    assert counted == Counter({i: 1.0 for i in range(203)})
