@@ -28,7 +28,12 @@ test: lint
 test-fast: lint
 	$(BIN)/pytest -q -m 'not slow'
 
-# Prepare a corpus: the Project Gutenberg classics when the network is there, else the shipped sample.
+# GPUs when present (one process each), else 2 CPU processes.
+NPROC  ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | wc -l); [ "$$n" -gt 0 ] && echo $$n || echo 2)
+DEMO_STEPS ?= 400
+
+# Prepare a corpus (the Project Gutenberg classics when the network is there, else the shipped sample), then train
+# the tiny preset with DeepSpeed ZeRO-2 + bf16 on $(NPROC) processes. Running it again resumes the run.
 demo: install
 	@if $(BIN)/python tools/fetch_corpus.py demo/corpus --timeout 15 --retries 0; then \
 		corpus=demo/corpus; \
@@ -36,9 +41,14 @@ demo: install
 		echo "demo: no network (or a download failed): using the shipped sample corpus"; corpus=sample/corpus; \
 	fi; \
 	$(BIN)/gpt-novel prepare $$corpus --out demo/data --seq-len 256 --shard-size 1MB --force
+	$(BIN)/accelerate launch --config_file launch/zero2.yaml --num_processes $(NPROC) -m gpt_novel.train \
+		--config tiny --data demo/data --run-dir demo/run --max-steps $(DEMO_STEPS)
+	@echo "demo: run directory demo/run (metrics.jsonl, loss.png, checkpoints/)"
+	@echo "demo: TensorBoard: $(BIN)/tensorboard --logdir demo/run/tensorboard"
 
 bench: install
 	$(BIN)/python benchmarks/prepare.py
+	$(BIN)/python benchmarks/train.py
 
 clean:
 	rm -rf demo .pytest_cache

@@ -232,8 +232,11 @@ class Metrics:
         mfu: float | None,
         memory_gb: float | None,
         skipped_steps: int,
+        data_wait_s: float | None = None,
     ) -> None:
-        """One train line, its TensorBoard scalars and a bar update; None values are null and not plotted."""
+        """One train line, its TensorBoard scalars and a bar update; None values are null and not plotted.
+
+        `data_wait_s` is the time the step spent waiting for its micro-batches (a slow input pipeline shows here)."""
         if not self.enabled:
             return
         record = {
@@ -247,6 +250,7 @@ class Metrics:
             "mfu": _to_float(mfu),
             "memory_gb": _to_float(memory_gb),
             "skipped_steps": int(skipped_steps),
+            "data_wait_s": _to_float(data_wait_s),
         }
         self._write_json(record)
         step = record["step"]

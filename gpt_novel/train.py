@@ -86,7 +86,7 @@ class Trainer:
         model = build_model(cfg, self.vocab)
         self.n_params = count_params(model)
         optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                      betas=(cfg.beta1, cfg.beta2), eps=1e-8)
+                                      betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=True)
         self.scheduler = _cosine_schedule(optimizer, cfg)
         self.engine, _ = self.accelerator.prepare(model, optimizer)
         if cfg.compile:
@@ -153,27 +153,24 @@ class Trainer:
             step += 1
             state["micro_batches"] += cfg.grad_accum
             state["tokens"] += cfg.global_batch_size * self.seq_len
-            applied = self.engine.was_step_applied()
-            if not applied:
-                state["skipped_steps"] += 1
-                bad_in_a_row += 1
-                self._say(f"step {step}: non-finite loss or gradient norm, update skipped "
-                          f"({bad_in_a_row} in a row)")
-                if bad_in_a_row >= cfg.max_bad_steps:
-                    self._say(f"stopping: {bad_in_a_row} bad steps in a row (max_bad_steps); the last good "
-                              "checkpoint is kept")
-                    self.log.close()
-                    return EXIT_BAD_STEPS
-            else:
-                bad_in_a_row = 0
+            bad_in_a_row = 0 if self.engine.was_step_applied() else bad_in_a_row + 1
+            state["skipped_steps"] += bad_in_a_row > 0
             self._log_step(step, loss, state, time.time() - t0, waited, time.time() - started)
             state["step"] = step
+            if bad_in_a_row:
+                self._say(f"step {step}: non-finite loss or gradient norm, update skipped ({bad_in_a_row} in a row)")
+            if bad_in_a_row >= cfg.max_bad_steps:
+                self._say(f"stopping: {bad_in_a_row} bad steps in a row (max_bad_steps); the last good checkpoint "
+                          "is kept")
+                self.log.close()
+                return EXIT_BAD_STEPS
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
                 self._evaluate(step, state["tokens"])
             if step % cfg.sample_every == 0 or step == cfg.max_steps:
                 self._sample(step)
             preempted = parallel.any_rank(self.stop.signal is not None, self.device)
-            if step % cfg.save_every == 0 or step == cfg.max_steps or preempted:
+            periodic = step % cfg.save_every == 0 and bad_in_a_row == 0  # never a checkpoint after a bad step
+            if periodic or step == cfg.max_steps or preempted:
                 self._save(step, state, started)
             if preempted:
                 self._say(f"stopped by a signal after step {step}; checkpoint saved; rerun the same command to resume")
@@ -213,8 +210,7 @@ class Trainer:
         self.log.log_train(step, loss=loss, lr=self._lr, grad_norm=norm, tokens=state["tokens"], elapsed=elapsed,
                            tokens_per_s=tokens_per_s,
                            mfu=metrics.mfu(tokens_per_s / self.world, self.flops_per_token, self.peak),
-                           memory_gb=metrics.memory_gb(), skipped_steps=state["skipped_steps"])
-        self.data_wait = getattr(self, "data_wait", 0.0) + waited
+                           memory_gb=metrics.memory_gb(), skipped_steps=state["skipped_steps"], data_wait_s=waited)
 
     def _evaluate(self, step: int, tokens: int) -> None:
         """Validation loss, perplexity and bits per character (tokenizer-independent) on the val shards."""

@@ -84,7 +84,8 @@ def test_jsonl_round_trips_floats_exactly(tmp_path):
         m.log_eval(2, val_loss=0.1 + 0.2, val_ppl=1.3498588075760032, val_bpc=0.43280851226668897, tokens=8192)
     recs = [json.loads(line) for line in _lines(tmp_path)]
     assert recs[0] == {"step": 1, "loss": 3.14159265358979, "lr": 1e-4, "grad_norm": None, "tokens": 4096,
-                       "elapsed": 0.5, "tokens_per_s": 8192.0, "mfu": None, "memory_gb": None, "skipped_steps": 0}
+                       "elapsed": 0.5, "tokens_per_s": 8192.0, "mfu": None, "memory_gb": None, "skipped_steps": 0,
+                       "data_wait_s": None}
     assert recs[1]["loss"] == 0.1 + 0.2 and recs[1]["lr"] == 2.5e-7
     assert recs[2] == {"step": 2, "val_loss": 0.1 + 0.2, "val_ppl": 1.3498588075760032,
                        "val_bpc": 0.43280851226668897, "tokens": 8192}

@@ -164,3 +164,26 @@ def test_bad_config_is_refused_before_launch(data, tmp_path):
     assert "DeepSpeed" not in result.stdout + result.stderr
     assert time.time() - start < 30  # no DeepSpeed start-up
     assert not (tmp_path / "run").exists()
+
+
+def test_accelerate_launch_gives_the_same_run_as_torchrun(data, reference, tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "launch" / "zero2.yaml"),
+           "--num_processes", "2", "-m", "gpt_novel.train", *COMMON, "--data", str(data), "--run-dir", str(run_dir)]
+    result = _run(cmd)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "ZeRO-2, world size 2" in result.stdout + result.stderr
+    assert _train_lines(run_dir) == _train_lines(reference[2])
+
+
+def test_non_finite_updates_are_skipped_then_training_stops(data, tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "gpt_novel.train", *COMMON, "--data", str(data), "--run-dir", str(run_dir),
+           "--grad-accum", "1", "--lr", "1e6", "--min-lr", "0", "--warmup-steps", "0", "--max-bad-steps", "3",
+           "--save-every", "1"]
+    result = _run(cmd)  # one plain process: a world of one
+    assert result.returncode == 1
+    assert "3 bad steps in a row" in result.stdout + result.stderr
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["skipped_steps"] == 3 and lines[0]["skipped_steps"] == 0
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-00000001"]  # the last good one

@@ -1,0 +1,125 @@
+"""Benchmark the trainer against a bare PyTorch loop on the same model and batches, one process. Prints JSON.
+
+usage: python benchmarks/train.py [--data DATA_DIR] [--steps N] [--n-layer L --n-embd D --n-head H] [--micro-batch B]
+                                  [--grad-accum A]
+
+The trainer runs as `python -m gpt_novel.train` (DeepSpeed ZeRO-2, bf16, the real data loader) and its
+tokens/s come from metrics.jsonl (step time only: evaluation and checkpoint saving excluded, first steps dropped as
+warm-up). The bare loop trains the same GPT-2 on the same micro-batches, preloaded in memory, with torch AdamW and
+bf16 autocast, accumulating gradients the same way. Targets (issue 3): trainer / bare ≥ 0.95; time waiting for
+data < 1% of step time.
+Without --data, the shipped sample is prepared into a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _prepare(tmp: Path, seq_len: int) -> Path:
+    out = tmp / "data"
+    cmd = [sys.executable, "-m", "gpt_novel", "prepare", str(ROOT / "sample" / "corpus"), "--out", str(out),
+           "--seq-len", str(seq_len), "--cache-dir", str(tmp / "cache")]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+def _trainer(args, data: Path, run_dir: Path) -> dict:
+    cmd = [sys.executable, "-m", "gpt_novel.train", "--config", "tiny", "--data", str(data), "--run-dir", str(run_dir),
+           "--n-layer", str(args.n_layer), "--n-head", str(args.n_head), "--n-embd", str(args.n_embd),
+           "--micro-batch-size", str(args.micro_batch), "--grad-accum", str(args.grad_accum),
+           "--max-steps", str(args.steps),
+           "--warmup-steps", "1", "--save-every", str(args.steps), "--eval-every", str(args.steps),
+           "--sample-every", str(args.steps), "--num-workers", str(args.num_workers), "--progress", "false",
+           "--dropout", "0"]
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [x for x in lines if "loss" in x][args.warmup:]
+    seconds = [x["tokens_per_s"] for x in steps]
+    step_time = [args.micro_batch * args.grad_accum * _seq_len(data) / t for t in seconds]
+    waits = [x["data_wait_s"] for x in steps]
+    return {"tokens_per_s": statistics.median(seconds), "data_wait_fraction": sum(waits) / sum(step_time)}
+
+
+def _seq_len(data: Path) -> int:
+    return json.loads((data / "manifest.json").read_text())["seq_len"]
+
+
+def _bare(args, data: Path) -> dict:
+    """The same model and micro-batches, nothing but forward, backward, clip and AdamW step."""
+    from gpt_novel.config import TrainConfig
+    from gpt_novel.data.stream import ShardSet, StreamSpec, TrainStream
+    from gpt_novel.data.vocab import Vocab
+    from gpt_novel.model import build_model, param_groups
+
+    cfg = TrainConfig(data=str(data), n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
+                      n_positions=_seq_len(data), dropout=0.0)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, Vocab.load(data / "tokenizer"))
+    optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.95), fused=True)
+    stream = TrainStream(ShardSet.load(data, "train"), StreamSpec(cfg.seed, 0, 1, args.micro_batch, args.grad_accum))
+    batches = [stream.batch(g) for g in range(args.steps * args.grad_accum)]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    times = []
+    for step in range(args.steps):
+        start = time.perf_counter()
+        for batch in batches[step * args.grad_accum : (step + 1) * args.grad_accum]:
+            with torch.autocast(device, dtype=torch.bfloat16):
+                logits = model(input_ids=batch[:, :-1]).logits
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+            (loss / args.grad_accum).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    tokens = args.micro_batch * args.grad_accum * _seq_len(data)
+    return {"tokens_per_s": statistics.median(tokens / t for t in times[args.warmup:])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--n-layer", type=int, default=4)
+    parser.add_argument("--n-head", type=int, default=4)
+    parser.add_argument("--n-embd", type=int, default=256)
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--grad-accum", type=int, default=4)
+    parser.add_argument("--num-workers", type=int, default=1,
+                        help="trainer's DataLoader workers (the tiny preset's 1)")
+    parser.add_argument("--seq-len", type=int, default=256, help="when preparing the sample")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = args.data or _prepare(tmp, args.seq_len)
+        trainer = _trainer(args, data, tmp / "run")
+        bare = _bare(args, data)
+        seq_len = _seq_len(data)
+    ratio = trainer["tokens_per_s"] / bare["tokens_per_s"]
+    print(json.dumps({
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "model": {"n_layer": args.n_layer, "n_embd": args.n_embd, "seq_len": seq_len,
+                  "micro_batch": args.micro_batch, "grad_accum": args.grad_accum},
+        "num_workers": args.num_workers,
+        "trainer_tokens_per_s": round(trainer["tokens_per_s"]), "bare_tokens_per_s": round(bare["tokens_per_s"]),
+        "ratio": round(ratio, 3), "ratio_target": 0.95, "ratio_ok": ratio >= 0.95,
+        "data_wait_fraction": round(trainer["data_wait_fraction"], 5), "data_wait_target": 0.01,
+        "data_wait_ok": trainer["data_wait_fraction"] < 0.01,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
