@@ -227,6 +227,13 @@ class TrainConfig:
             raise UserError(f"DeepSpeed config not found: {self.deepspeed}")
         if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
             raise UserError(f"--resume must be auto, never or a checkpoint directory; {self.resume} does not exist")
+        vocab_file = Path(self.data) / "tokenizer" / "vocab.txt"
+        if not vocab_file.is_file():
+            raise UserError(f"{self.data} has no tokenizer/vocab.txt; prepare the data again")
+        tokens = vocab_file.read_text(encoding="utf-8").count("\n")
+        if tokens != manifest["tokenizer"]["vocab_size"]:
+            raise UserError(f"the tokenizer in {self.data} has {tokens} tokens but the shards were made with "
+                            f"{manifest['tokenizer']['vocab_size']}; prepare the data again")
         train = manifest["splits"].get("train", {})
         need = world_size * self.micro_batch_size * self.grad_accum
         if train.get("samples", 0) < need:

@@ -99,3 +99,16 @@ def test_validation_batches_cover_the_split_once_with_padding_weighted_out(shard
             for i, w in zip(_ids(batch), weight.tolist(), strict=True):
                 counted[i] += w
     assert counted == Counter({i: 1.0 for i in range(203)})
+
+
+def test_one_shard_serves_more_ranks_and_workers_than_it_has_shards(tmp_path):
+    samples = np.zeros((40, 5), dtype=np.uint16)
+    samples[:, 0] = np.arange(40)
+    infos = shards.write_shards(samples, tmp_path / "train", "train", 1000, tmp_path)
+    one = ShardSet(tmp_path, [i.to_json() for i in infos], 5)
+    assert len(one.counts) == 1
+    seen = []
+    for rank in range(2):
+        stream = TrainStream(one, StreamSpec(3, rank, 2, 4, 1))
+        seen += [i for b in itertools.islice(make_loader(stream, 3), stream.batches_per_epoch) for i in _ids(b)]
+    assert sorted(seen) == list(range(40))

@@ -1,0 +1,72 @@
+"""The model built from a preset, its optimizer groups, and the training config's checks (no process group)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpt_novel.config import TrainConfig, train_config
+from gpt_novel.data.vocab import Vocab
+from gpt_novel.errors import UserError
+from gpt_novel.model import build_model, count_params, param_groups
+
+
+@pytest.fixture(scope="module")
+def cfg(sample_data) -> TrainConfig:
+    cfg, _ = train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "unused"])
+    return cfg.validate(world_size=2)
+
+
+def test_preset_and_overrides(sample_data):
+    cfg, _ = train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "r", "--n-layer", "3",
+                           "--lr", "1e-3", "--compile", "true"])
+    assert (cfg.preset, cfg.n_layer, cfg.n_embd, cfg.lr, cfg.compile) == ("tiny", 3, 128, 1e-3, True)
+
+
+def test_model_follows_the_config_and_the_tokenizer(cfg, sample_data):
+    vocab = Vocab.load(sample_data / "tokenizer")
+    model = build_model(cfg, vocab)
+    c = model.config
+    assert (c.n_layer, c.n_head, c.n_embd, c.vocab_size, c.n_positions) == (2, 4, 128, len(vocab), 64)
+    assert (c.eos_token_id, c.pad_token_id, c.bos_token_id) == (vocab.cls, vocab.pad, vocab.mask)
+    assert model.lm_head.weight is model.transformer.wte.weight  # tied
+    assert c._attn_implementation == "sdpa"
+    assert count_params(model) == sum(p.numel() for p in model.parameters())
+
+
+def test_no_weight_decay_on_biases_and_layernorm(cfg, sample_data):
+    model = build_model(cfg, Vocab.load(sample_data / "tokenizer"))
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    ln = model.transformer.h[0].ln_1
+    assert any(p is ln.weight for p in no_decay["params"]) and any(p is ln.bias for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_activation_checkpointing(cfg, sample_data):
+    cfg = TrainConfig(**{**cfg.__dict__, "activation_checkpointing": True})
+    assert build_model(cfg, Vocab.load(sample_data / "tokenizer")).is_gradient_checkpointing
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--n-embd", "130"], "n_embd 130 is not divisible by n_head 4"),
+     (["--n-positions", "32"], "n_positions 32 is shorter than the data's seq_len 64"),
+     (["--global-batch-size", "64"], "global_batch_size 64 != micro_batch_size 8 × grad_accum 2 × world size 2"),
+     (["--micro-batch-size", "0"], "--micro-batch-size must be at least 1"),
+     (["--warmup-steps", "500"], "warmup_steps 500 must be in [0, max_steps 200)"),
+     (["--min-lr", "1"], "min_lr 1.0 must be between 0 and lr"),
+     (["--deepspeed", "nope.json"], "DeepSpeed config not found: nope.json"),
+     (["--resume", "/no/such/ckpt"], "--resume must be auto, never or a checkpoint directory"),
+     (["--micro-batch-size", "64", "--grad-accum", "64"], "fewer than one optimizer step needs")],
+)
+def test_bad_configs_are_refused_with_one_line(sample_data, args, message):
+    cfg, _ = train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "r", *args])
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        cfg.validate(world_size=2)
+
+
+def test_missing_data_directory(tmp_path):
+    cfg, _ = train_config(["--config", "tiny", "--data", str(tmp_path), "--run-dir", "r"])
+    with pytest.raises(UserError, match="not a prepared data directory"):
+        cfg.validate(world_size=1)
