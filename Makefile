@@ -32,8 +32,9 @@ test-fast: lint
 NPROC  ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | wc -l); [ "$$n" -gt 0 ] && echo $$n || echo 2)
 DEMO_STEPS ?= 400
 
-# Prepare a corpus (the Project Gutenberg classics when the network is there, else the shipped sample), then train
-# the tiny preset with DeepSpeed ZeRO-2 + bf16 on $(NPROC) processes. Running it again resumes the run.
+# Prepare a corpus (the Project Gutenberg classics when the network is there, else the shipped sample), train the
+# tiny preset with DeepSpeed ZeRO-2 + bf16 on $(NPROC) processes (running it again resumes the run), consolidate the
+# newest checkpoint into a Hugging Face folder and continue a prompt with it.
 demo: install
 	@if $(BIN)/python tools/fetch_corpus.py demo/corpus --timeout 15 --retries 0; then \
 		corpus=demo/corpus; \
@@ -43,12 +44,16 @@ demo: install
 	$(BIN)/gpt-novel prepare $$corpus --out demo/data --seq-len 256 --shard-size 1MB --force
 	$(BIN)/accelerate launch --config_file launch/zero2.yaml --num_processes $(NPROC) -m gpt_novel.train \
 		--config tiny --data demo/data --run-dir demo/run --max-steps $(DEMO_STEPS)
-	@echo "demo: run directory demo/run (metrics.jsonl, loss.png, checkpoints/)"
+	$(BIN)/python tools/consolidate.py demo/run demo/hf
+	@echo "demo: a continuation of the start of chapter 2 of the sample:"
+	$(BIN)/python tools/sample.py demo/hf --prompt "青石桥在镇子南面一里开外，" --max-new-tokens 80 --seed 1
+	@echo "demo: run directory demo/run (metrics.jsonl, loss.png, checkpoints/); model folder demo/hf"
 	@echo "demo: TensorBoard: $(BIN)/tensorboard --logdir demo/run/tensorboard"
 
 bench: install
 	$(BIN)/python benchmarks/prepare.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/sample.py
 
 clean:
 	rm -rf demo .pytest_cache

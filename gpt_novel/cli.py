@@ -82,6 +82,28 @@ def _run_train(args: argparse.Namespace) -> int:
     return train.main(args.train_args)
 
 
+def _eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="perplexity, bits per character and continuation quality of a model",
+                       description="Held-out perplexity / bits per character on the val shards, and BLEU, ROUGE-L, "
+                       "distinct-1/2 and repetition of continuations of K held-out chapters.")
+    p.add_argument("model_dir", metavar="HF_DIR", help="a folder written by tools/consolidate.py")
+    p.add_argument("--data", required=True, metavar="DATA_DIR", help="the prepared data (its val split is used)")
+    p.add_argument("--chapters", type=int, default=8, help="held-out chapters to continue, K (default 8)")
+    p.add_argument("--prompt-chars", type=int, default=64, help="characters of each chapter given as prompt, P")
+    p.add_argument("--gen-chars", type=int, default=64, help="characters generated and compared, L")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--device", help="cpu, cuda … (default: cuda when available)")
+    p.add_argument("--json", metavar="PATH", help="write the JSON here (default HF_DIR/eval.json)")
+    p.add_argument("--model-card", action="store_true", help="add the results to HF_DIR/README.md")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from gpt_novel import evaluate
+
+    return evaluate.run_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpt-novel", description="Pretrain GPT-2 on Chinese novels.")
     parser.add_argument("--version", action="version", version=f"gpt-novel {__version__}")
@@ -89,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     _prepare_parser(sub)
     _train_parser(sub)
     _plot_parser(sub)
+    _eval_parser(sub)
     return parser
 
 

@@ -223,6 +223,8 @@ class TrainConfig:
             raise UserError(f"dropout {self.dropout} must be in [0, 1)")
         if self.warmup_steps < 0 or self.warmup_steps >= self.max_steps:
             raise UserError(f"warmup_steps {self.warmup_steps} must be in [0, max_steps {self.max_steps})")
+        if not Path(self.deepspeed).is_file() and (REPO / self.deepspeed).is_file():
+            self.deepspeed = str(REPO / self.deepspeed)  # ds_configs/… of this checkout, from any directory
         if not Path(self.deepspeed).is_file():
             raise UserError(f"DeepSpeed config not found: {self.deepspeed}")
         if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
@@ -269,7 +271,8 @@ def train_config(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
     return load_config(TrainConfig, config, overrides), args
 
 
-PRESETS = Path(__file__).resolve().parent.parent / "launch" / "presets"
+REPO = Path(__file__).resolve().parent.parent
+PRESETS = REPO / "launch" / "presets"
 
 
 def _parse_bool(text: str) -> bool:

@@ -256,7 +256,8 @@ class Trainer:
 
     def _save(self, step: int, state: dict, started: float) -> None:
         state = {**state, "step": step, "elapsed": time.time() - started, "scheduler": self.scheduler.state_dict(),
-                 "world_size": self.world, "global_batch_size": self.cfg.global_batch_size}
+                 "world_size": self.world, "global_batch_size": self.cfg.global_batch_size,
+                 "data_fingerprint": self.manifest.get("fingerprint"), "n_params": self.n_params}
         path = checkpoint.save(self.engine, self.run_dir, step, state, self.cfg, self.data / "tokenizer",
                                self.cfg.keep_last)
         self._say(f"saved {path}")

@@ -1,7 +1,11 @@
-"""Shared fixtures: the shipped sample corpus, the optional ../shared corpus, and one prepared data directory."""
+"""Shared fixtures: the sample corpus, the optional ../shared corpus, prepared data, and 2-process training runs."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +38,59 @@ def sample_data(tmp_path_factory, cache_dir) -> Path:
     out = tmp_path_factory.mktemp("data") / "sample"
     assert run_prepare([SAMPLE_DIR], out, cache_dir, "--seq-len", "64", "--shard-size", "8KB", "--workers", "1") == 0
     return out
+
+
+# --- 2-process training runs ------------------------------------------------------------------------------
+
+STEPS = 24
+COMMON = ["--config", "tiny", "--micro-batch-size", "4", "--grad-accum", "2", "--num-workers", "2",
+          "--max-steps", str(STEPS), "--warmup-steps", "4", "--save-every", "6", "--eval-every", "12",
+          "--sample-every", "12", "--eval-batches", "2", "--progress", "false"]
+
+
+def train_env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("RANK", None)
+    return env
+
+
+def train_command(data: Path, run_dir: Path, stage: int, nproc: int = 2, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "-m", "gpt_novel.train", *COMMON, "--data", str(data), "--run-dir", str(run_dir),
+            "--deepspeed", str(ROOT / "ds_configs" / f"zero{stage}.json"), *extra]
+
+
+def run_command(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def train_lines(run_dir: Path) -> list[tuple]:
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return [(x["step"], x.get("loss"), x.get("lr"), x.get("grad_norm"), x.get("val_loss")) for x in lines]
+
+
+def final_weights(run_dir: Path) -> dict:
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints" / f"step-{STEPS:08d}"), tag="ds")
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory, cache_dir) -> Path:
+    """The sample prepared with short samples, for 2-process training runs."""
+    out = tmp_path_factory.mktemp("train") / "data"
+    assert run_prepare([SAMPLE_DIR], out, cache_dir, "--seq-len", "32", "--shard-size", "8KB",
+                       "--val-ratio", "0.2") == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def zero_runs(train_data, tmp_path_factory) -> dict[int, Path]:
+    """One uninterrupted 2-process run per ZeRO stage (shared by the training and consolidation tests)."""
+    runs = {}
+    for stage in (1, 2, 3):
+        run_dir = tmp_path_factory.mktemp(f"ref{stage}") / "run"
+        result = run_command(train_command(train_data, run_dir, stage))
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        runs[stage] = run_dir
+    return runs

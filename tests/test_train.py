@@ -17,70 +17,27 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SAMPLE_DIR, run_prepare
+from conftest import COMMON, ROOT, STEPS, final_weights, run_command, train_command, train_env, train_lines
 
 pytestmark = pytest.mark.slow
 
-STEPS = 24
-COMMON = ["--config", "tiny", "--micro-batch-size", "4", "--grad-accum", "2", "--num-workers", "2",
-          "--max-steps", str(STEPS), "--warmup-steps", "4", "--save-every", "6", "--eval-every", "12",
-          "--sample-every", "12", "--eval-batches", "2", "--progress", "false"]
+
+@pytest.fixture
+def data(train_data) -> Path:
+    return train_data
 
 
-def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("RANK", None)
-    return env
-
-
-def _command(data: Path, run_dir: Path, stage: int, nproc: int = 2, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            "-m", "gpt_novel.train", *COMMON, "--data", str(data), "--run-dir", str(run_dir),
-            "--deepspeed", str(ROOT / "ds_configs" / f"zero{stage}.json"), *extra]
-
-
-def _run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def _train_lines(run_dir: Path) -> list[tuple]:
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return [(x["step"], x.get("loss"), x.get("lr"), x.get("grad_norm"), x.get("val_loss")) for x in lines]
-
-
-def _final_weights(run_dir: Path) -> dict:
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    return get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints" / f"step-{STEPS:08d}"), tag="ds")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory, cache_dir) -> Path:
-    out = tmp_path_factory.mktemp("train") / "data"
-    assert run_prepare([SAMPLE_DIR], out, cache_dir, "--seq-len", "32", "--shard-size", "8KB",
-                       "--val-ratio", "0.2") == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def reference(data, tmp_path_factory) -> dict[int, Path]:
-    """One uninterrupted run per ZeRO stage."""
-    runs = {}
-    for stage in (1, 2, 3):
-        run_dir = tmp_path_factory.mktemp(f"ref{stage}") / "run"
-        result = _run(_command(data, run_dir, stage))
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        runs[stage] = run_dir
-    return runs
-
+@pytest.fixture
+def reference(zero_runs) -> dict[int, Path]:
+    return zero_runs
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_zero_stage_trains_and_the_loss_goes_down(reference, stage):
     run_dir = reference[stage]
-    losses = [loss for step, loss, *_ in _train_lines(run_dir) if loss is not None]
+    losses = [loss for step, loss, *_ in train_lines(run_dir) if loss is not None]
     assert len(losses) == STEPS
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 1.0
-    assert any(v is not None for *_, v in _train_lines(run_dir))  # validation ran
+    assert any(v is not None for *_, v in train_lines(run_dir))  # validation ran
     assert (run_dir / "loss.png").stat().st_size > 0 and any((run_dir / "tensorboard").iterdir())
     kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert kept == [f"step-{s:08d}" for s in (12, 18, 24)]  # keep_last 3
@@ -90,7 +47,7 @@ def _start(cmd: list[str], log: Path) -> subprocess.Popen:
     """In its own session (to signal the launcher and its workers together), output to a file: a pipe nobody
     reads would fill up and stall the run."""
     with open(log, "w") as out:
-        return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.STDOUT,
+        return subprocess.Popen(cmd, cwd=ROOT, env=train_env(), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
 
@@ -108,7 +65,7 @@ def _wait_for_step(run_dir: Path, proc: subprocess.Popen, step: int, timeout: fl
 @pytest.mark.parametrize(("stage", "how"), [(1, signal.SIGKILL), (3, signal.SIGKILL), (2, signal.SIGTERM)])
 def test_interrupted_run_resumes_exactly(data, reference, tmp_path, stage, how):
     run_dir = tmp_path / "run"
-    cmd = _command(data, run_dir, stage)
+    cmd = train_command(data, run_dir, stage)
     log = tmp_path / "first.log"
     proc = _start(cmd, log)
     kill_at = random.Random(stage).randint(8, 16)  # after the step-6 checkpoint
@@ -120,11 +77,11 @@ def test_interrupted_run_resumes_exactly(data, reference, tmp_path, stage, how):
         assert "stopped by a signal" in out, out[-3000:]
         saved = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
         assert (saved / "COMPLETE.json").exists() and int(saved.name[5:]) >= kill_at
-    result = _run(cmd)
+    result = run_command(cmd)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "resumed from" in result.stdout + result.stderr
-    assert _train_lines(run_dir) == _train_lines(reference[stage])  # every loss, lr, grad norm, val loss: bitwise
-    a, b = _final_weights(reference[stage]), _final_weights(run_dir)
+    assert train_lines(run_dir) == train_lines(reference[stage])  # every loss, lr, grad norm, val loss: bitwise
+    a, b = final_weights(reference[stage]), final_weights(run_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -136,11 +93,11 @@ def test_corrupt_newest_checkpoint_is_skipped(data, reference, tmp_path):
     newest = run_dir / "checkpoints" / f"step-{STEPS:08d}"
     victim = next((newest / "ds").glob("*optim_states.pt"))
     victim.write_bytes(victim.read_bytes()[:100])  # torn write
-    result = _run(_command(data, run_dir, 2, 2, "--max-steps", str(STEPS)))
+    result = run_command(train_command(data, run_dir, 2, 2, "--max-steps", str(STEPS)))
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert f"skipping checkpoint step-{STEPS:08d}" in output and f"step-{STEPS - 6:08d}" in output
-    assert _train_lines(run_dir) == _train_lines(reference[2])
+    assert train_lines(run_dir) == train_lines(reference[2])
 
 
 def test_changed_world_size_is_refused(data, reference, tmp_path):
@@ -148,14 +105,14 @@ def test_changed_world_size_is_refused(data, reference, tmp_path):
 
     run_dir = tmp_path / "run"
     shutil.copytree(reference[2], run_dir)
-    result = _run(_command(data, run_dir, 2, 1, "--max-steps", str(STEPS + 6)))
+    result = run_command(train_command(data, run_dir, 2, 1, "--max-steps", str(STEPS + 6)))
     assert result.returncode != 0
     assert "was saved with world size 2" in result.stderr and "this run has 1" in result.stderr
 
 
 def test_bad_config_is_refused_before_launch(data, tmp_path):
     start = time.time()
-    result = _run(_command(data, tmp_path / "run", 2, 2, "--n-embd", "130"))
+    result = run_command(train_command(data, tmp_path / "run", 2, 2, "--n-embd", "130"))
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("gpt-novel train: error:")]
     assert errors == ["gpt-novel train: error: n_embd 130 is not divisible by n_head 4"]  # once, from rank 0
@@ -170,10 +127,10 @@ def test_accelerate_launch_gives_the_same_run_as_torchrun(data, reference, tmp_p
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "launch" / "zero2.yaml"),
            "--num_processes", "2", "-m", "gpt_novel.train", *COMMON, "--data", str(data), "--run-dir", str(run_dir)]
-    result = _run(cmd)
+    result = run_command(cmd)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "ZeRO-2, world size 2" in result.stdout + result.stderr
-    assert _train_lines(run_dir) == _train_lines(reference[2])
+    assert train_lines(run_dir) == train_lines(reference[2])
 
 
 def test_non_finite_updates_are_skipped_then_training_stops(data, tmp_path):
@@ -181,7 +138,7 @@ def test_non_finite_updates_are_skipped_then_training_stops(data, tmp_path):
     cmd = [sys.executable, "-m", "gpt_novel.train", *COMMON, "--data", str(data), "--run-dir", str(run_dir),
            "--grad-accum", "1", "--lr", "1e6", "--min-lr", "0", "--warmup-steps", "0", "--max-bad-steps", "3",
            "--save-every", "1"]
-    result = _run(cmd)  # one plain process: a world of one
+    result = run_command(cmd)  # one plain process: a world of one
     assert result.returncode == 1
     assert "3 bad steps in a row" in result.stdout + result.stderr
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]

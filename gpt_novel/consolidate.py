@@ -1,0 +1,186 @@
+"""A DeepSpeed ZeRO checkpoint (any stage, with or without offload) → one ordinary Hugging Face model folder.
+
+    python tools/consolidate.py RUN_DIR_OR_CHECKPOINT OUT_DIR [--step N] [--dtype bf16|fp32]
+
+DeepSpeed's consolidation reads the fp32 master weights from the ZeRO shards; it is used in lazy mode (shards
+memory-mapped, one tensor materialised at a time, straight into a model built on the meta device), so peak memory
+is about one copy of the weights. The weights go into `GPT2LMHeadModel`, which ties the output head to the token
+embedding; `save_pretrained` then writes (sharded when large) safetensors with the tie recorded, the tokenizer, a
+generation config and a model card. DeepSpeed's own `zero_to_fp32.py --safe_serialization` is not used: it trips
+on the shared embedding/head tensor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from gpt_novel import checkpoint
+from gpt_novel.config import TrainConfig, load_config
+from gpt_novel.data.vocab import CLS, MASK, PAD, UNK, Vocab
+from gpt_novel.errors import UserError
+from gpt_novel.model import build_model
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def find_checkpoint(src: str | Path, step: int | None = None) -> Path:
+    """A checkpoint directory from a run directory (newest complete, or --step) or a checkpoint path."""
+    src = Path(src)
+    if not src.exists():
+        raise UserError(f"{src} does not exist")
+    if (src / checkpoint.MARKER).exists() or (src / checkpoint.STATE).exists():
+        path = src
+    elif (src / "checkpoints").is_dir():
+        if step is not None:
+            path = checkpoint.checkpoints_dir(src) / f"{checkpoint.PREFIX}{step:08d}"
+            if not path.is_dir():
+                raise UserError(f"{src} has no checkpoint of step {step}")
+        else:
+            path = checkpoint.find_latest(src, warn=lambda m: print(m, file=sys.stderr))
+            if path is None:
+                raise UserError(f"{src} holds no complete checkpoint")
+    else:
+        raise UserError(f"{src} is neither a training run directory nor a checkpoint")
+    try:
+        checkpoint.check_usable(path)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return path
+
+
+def consolidate(src: str | Path, out: str | Path, step: int | None = None, dtype: str = "bf16") -> Path:
+    """Write the HF folder; returns its path."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    ckpt = find_checkpoint(src, step)
+    out = Path(out)
+    cfg = load_config(TrainConfig, str(ckpt / "config.yaml"), {})
+    vocab = Vocab.load(ckpt / "tokenizer")
+    state = torch.load(ckpt / checkpoint.STATE, weights_only=False)
+    lazy = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=checkpoint.DS_TAG, lazy_mode=True)
+    with torch.device("meta"):
+        model = build_model(cfg, vocab)
+    expected = dict(model.state_dict())
+    _check_shapes(lazy, expected, vocab, ckpt)
+    weights = {}
+    for name in tqdm(list(lazy), desc="consolidate", unit="tensor", disable=None):
+        weights[name] = lazy[name].contiguous().to(DTYPES[dtype])
+    if "lm_head.weight" not in weights:  # the tie: the head is the token embedding
+        weights["lm_head.weight"] = weights["transformer.wte.weight"]
+    model.load_state_dict(weights, strict=True, assign=True)
+    model.tie_weights()
+    model.generation_config = generation_config(vocab, cfg.n_positions)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True, max_shard_size="2GB")
+    _copy_tokenizer(ckpt / "tokenizer", out)
+    (out / "README.md").write_text(model_card(ckpt, cfg, state, dtype), encoding="utf-8")
+    return out
+
+
+def _check_shapes(lazy: dict, expected: dict, vocab: Vocab, ckpt: Path) -> None:
+    wte = lazy.get("transformer.wte.weight")
+    if wte is None:
+        raise UserError(f"{ckpt} does not hold a GPT-2 model (no transformer.wte.weight)")
+    if tuple(wte.shape)[0] != len(vocab):
+        raise UserError(f"{ckpt}: the model has {tuple(wte.shape)[0]} token embeddings but its tokenizer "
+                        f"{len(vocab)} tokens (a checkpoint from another vocabulary?)")
+    missing = sorted(set(expected) - set(lazy) - {"lm_head.weight"})
+    if missing:
+        raise UserError(f"{ckpt}: weights missing from the checkpoint: {', '.join(missing[:5])}")
+    for name, tensor in lazy.items():
+        if name in expected and tuple(tensor.shape) != tuple(expected[name].shape):
+            raise UserError(f"{ckpt}: {name} has shape {tuple(tensor.shape)}, the config says "
+                            f"{tuple(expected[name].shape)}")
+
+
+def generation_config(vocab: Vocab, n_positions: int):
+    """Sampling defaults; a chapter ends at [CLS]; [UNK], [PAD] and [MASK] are never generated."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        bos_token_id=vocab.index[MASK], eos_token_id=vocab.index[CLS], pad_token_id=vocab.index[PAD],
+        bad_words_ids=[[vocab.index[UNK]], [vocab.index[PAD]], [vocab.index[MASK]]],
+        do_sample=True, temperature=0.9, top_k=40, top_p=0.95, repetition_penalty=1.1,
+        max_new_tokens=min(256, n_positions // 2),
+    )
+
+
+def _copy_tokenizer(src: Path, out: Path) -> None:
+    for f in src.iterdir():
+        shutil.copy2(f, out / f.name)
+    config = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["model_max_length"] = json.loads((out / "config.json").read_text(encoding="utf-8"))["n_positions"]
+    (out / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2, sort_keys=True)
+                                               + "\n", encoding="utf-8")
+
+
+def _last_eval(run_dir: Path, step: int) -> dict | None:
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        return None
+    evals = []
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "val_loss" in record and record["step"] <= step:
+            evals.append(record)
+    return evals[-1] if evals else None
+
+
+def model_card(ckpt: Path, cfg: TrainConfig, state: dict, dtype: str) -> str:
+    last = _last_eval(ckpt.parent.parent, state["step"])
+    val = (f"val loss {last['val_loss']:.4f}, perplexity {last['val_ppl']:.2f}, {last['val_bpc']:.3f} bits per "
+           f"character (step {last['step']})" if last else "no validation recorded")
+    return f"""---
+library_name: transformers
+pipeline_tag: text-generation
+language: zh
+---
+# gpt-novel: GPT-2 ({cfg.preset}) for Chinese novel continuation
+
+Trained from scratch with gpt-novel, consolidated from `{ckpt}`.
+
+| | |
+|---|---|
+| preset | {cfg.preset}: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} dims, {cfg.n_positions} positions |
+| parameters | {state.get('n_params', 'n/a')} |
+| steps | {state['step']} |
+| tokens seen | {state['tokens']:,} |
+| data | manifest fingerprint `{state.get('data_fingerprint') or 'n/a'}` |
+| validation | {val} |
+| weights | {dtype} safetensors |
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("OUT_DIR")
+tokenizer = AutoTokenizer.from_pretrained("OUT_DIR")
+```
+
+The tokenizer here segments words by greedy longest match over the vocabulary. Training segmented with thulac:
+`tools/sample.py` encodes a prompt exactly as training did and is the better way to continue a text.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="consolidate", description=__doc__.splitlines()[0])
+    parser.add_argument("src", metavar="RUN_DIR_OR_CHECKPOINT")
+    parser.add_argument("out", metavar="OUT_DIR")
+    parser.add_argument("--step", type=int, help="the checkpoint of this step (default: the newest complete one)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    args = parser.parse_args(argv)
+    try:
+        out = consolidate(args.src, args.out, args.step, args.dtype)
+    except UserError as e:
+        print(f"consolidate: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} (AutoModelForCausalLM / AutoTokenizer .from_pretrained)")
+    return 0

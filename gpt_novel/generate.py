@@ -1,0 +1,160 @@
+"""Continue a novel from a prompt with a consolidated model: encode as training did, `model.generate`, decode.
+
+    python tools/sample.py HF_DIR --prompt "话说" [--max-new-tokens 200 --temperature 0.9 --top-k 40 --top-p 0.95
+                                               --repetition-penalty 1.1 --num-samples 3 --seed 1 --stream]
+
+The prompt goes through the same normalization and thulac segmentation as the training text (`Vocab.encode`);
+`--new-chapter` (or an empty prompt) starts it with [MASK] as chapters start. Generation uses the model's KV cache,
+never produces [UNK]/[PAD]/[MASK], and stops at [CLS], the end of a chapter. [SEP] becomes a newline and words are
+joined without spaces. A prompt longer than the context keeps its tail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gpt_novel.data.vocab import Vocab
+from gpt_novel.errors import UserError
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class SamplingOptions:
+    max_new_tokens: int = 200
+    temperature: float = 0.9
+    top_k: int = 40
+    top_p: float = 0.95
+    repetition_penalty: float = 1.1
+    num_samples: int = 1
+    seed: int | None = None
+    new_chapter: bool = False
+
+
+def load(model_dir: str | Path, device: str | None = None, dtype: str | None = None):
+    """(model, vocab) from a folder written by tools/consolidate.py."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise UserError(f"{model_dir} is not a model folder (no config.json); make one with tools/consolidate.py")
+    vocab = Vocab.load(model_dir)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch_dtype = DTYPES[dtype] if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
+    if model.config.vocab_size != len(vocab):
+        raise UserError(f"{model_dir}: the model has {model.config.vocab_size} tokens, its tokenizer {len(vocab)}")
+    return model, vocab
+
+
+def prompt_ids(vocab: Vocab, prompt: str, options: SamplingOptions, n_positions: int) -> list[int]:
+    """The prompt as training saw it, cut to the tail that leaves room for the new tokens."""
+    ids = vocab.encode(prompt, new_chapter=options.new_chapter or not prompt.strip())
+    room = n_positions - options.max_new_tokens
+    if room < 1:
+        raise UserError(f"--max-new-tokens {options.max_new_tokens} leaves no room for a prompt in the model's "
+                        f"{n_positions} positions")
+    return ids[-room:]
+
+
+def continue_text(model_or_dir, prompt: str, options: SamplingOptions | None = None, *, device: str | None = None,
+                  dtype: str | None = None, streamer=None) -> list[str]:
+    """Continuations of `prompt` (num_samples of them, each different), as plain text."""
+    options = options or SamplingOptions()
+    model, vocab = load(model_or_dir, device, dtype) if isinstance(model_or_dir, (str, Path)) else model_or_dir
+    ids = prompt_ids(vocab, prompt, options, model.config.n_positions)
+    if options.seed is not None:
+        torch.manual_seed(options.seed)
+    batch = torch.tensor([ids] * options.num_samples, device=model.device)
+    sampling = options.temperature > 0
+    with torch.no_grad():
+        out = model.generate(
+            batch, attention_mask=torch.ones_like(batch), max_new_tokens=options.max_new_tokens,
+            do_sample=sampling, temperature=options.temperature if sampling else None,
+            top_k=options.top_k if sampling else None, top_p=options.top_p if sampling else None,
+            repetition_penalty=options.repetition_penalty, use_cache=True, streamer=streamer,
+            eos_token_id=vocab.cls, pad_token_id=vocab.pad, bad_words_ids=[[vocab.unk], [vocab.pad], [vocab.mask]],
+        )
+    return [decode_until_end(vocab, row[len(ids):].tolist()) for row in out]
+
+
+def decode_until_end(vocab: Vocab, ids: list[int]) -> str:
+    """Text up to the first [CLS] (the end of the chapter)."""
+    if vocab.cls in ids:
+        ids = ids[: ids.index(vocab.cls)]
+    return vocab.decode(ids)
+
+
+class TextStreamer:
+    """Prints decoded text as tokens arrive (one sample): `model.generate` calls put() with each new token."""
+
+    def __init__(self, vocab: Vocab, skip_prompt_tokens: int):
+        self.vocab, self.skip, self.ended = vocab, skip_prompt_tokens, False
+
+    def put(self, value: torch.Tensor) -> None:
+        ids = value.reshape(-1).tolist()
+        if self.skip:  # the first call carries the prompt
+            self.skip = 0
+            return
+        for i in ids:
+            if i == self.vocab.cls:
+                self.ended = True
+            if not self.ended:
+                print(self.vocab.decode([i]), end="", flush=True)
+
+    def end(self) -> None:
+        print(flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sample", description="Continue a novel from a prompt.")
+    parser.add_argument("model_dir", metavar="HF_DIR")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--prompt", default="", help="the text to continue (empty: start a new chapter)")
+    source.add_argument("--prompt-file", type=Path, help="read the prompt from a UTF-8 file")
+    parser.add_argument("--new-chapter", action="store_true", help="start the prompt as a new chapter ([MASK])")
+    defaults = SamplingOptions()
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="0: greedy")
+    parser.add_argument("--top-k", type=int, default=defaults.top_k)
+    parser.add_argument("--top-p", type=float, default=defaults.top_p)
+    parser.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
+    parser.add_argument("--num-samples", type=int, default=1)
+    parser.add_argument("--seed", type=int, help="the same seed gives the same text")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
+    parser.add_argument("--stream", action="store_true", help="print tokens as they come (one sample)")
+    args = parser.parse_args(argv)
+    try:
+        prompt = args.prompt_file.read_text(encoding="utf-8") if args.prompt_file else args.prompt
+        options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                                  args.repetition_penalty, args.num_samples, args.seed, args.new_chapter)
+        _check(options, args.stream)
+        model, vocab = load(args.model_dir, args.device, args.dtype)
+        streamer = TextStreamer(vocab, 1) if args.stream else None
+        if args.stream:
+            print(prompt, end="", flush=True)
+        texts = continue_text((model, vocab), prompt, options, streamer=streamer)
+    except (UserError, OSError) as e:
+        print(f"sample: error: {e}", file=sys.stderr)
+        return 2
+    if not args.stream:
+        for n, text in enumerate(texts, 1):
+            if len(texts) > 1:
+                print(f"--- sample {n} ---")
+            print(prompt + text)
+    return 0
+
+
+def _check(options: SamplingOptions, stream: bool) -> None:
+    if options.max_new_tokens < 1 or options.num_samples < 1:
+        raise UserError("--max-new-tokens and --num-samples must be at least 1")
+    if options.temperature < 0 or not 0 < options.top_p <= 1 or options.top_k < 0 or options.repetition_penalty <= 0:
+        raise UserError("need --temperature ≥ 0, 0 < --top-p ≤ 1, --top-k ≥ 0, --repetition-penalty > 0")
+    if stream and options.num_samples > 1:
+        raise UserError("--stream prints one sample; use --num-samples 1")

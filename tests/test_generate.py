@@ -1,0 +1,231 @@
+"""From checkpoint to story: consolidation (ZeRO 1/2/3), sampling and evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, STEPS, train_env
+
+from gpt_novel import consolidate, evaluate, generate
+from gpt_novel.data.stream import ShardSet
+from gpt_novel.data.vocab import Vocab
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(zero_runs, tmp_path_factory) -> dict[int, Path]:
+    out = tmp_path_factory.mktemp("hf")
+    return {stage: consolidate.consolidate(run, out / f"zero{stage}") for stage, run in zero_runs.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_consolidated_logits_equal_the_training_engine(zero_runs, hf_dirs, tmp_path, stage):
+    from transformers import AutoModelForCausalLM
+
+    ckpt = zero_runs[stage] / "checkpoints" / f"step-{STEPS:08d}"
+    out = tmp_path / "engine.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "tests" / "engine_logits.py"), str(ckpt), str(out)]
+    result = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    engine = torch.load(out)
+    model = AutoModelForCausalLM.from_pretrained(hf_dirs[stage], dtype=torch.bfloat16)
+    assert model.lm_head.weight is model.transformer.wte.weight  # tied on load
+    with torch.no_grad():
+        logits = model(input_ids=engine["input_ids"]).logits
+    assert torch.equal(logits, engine["logits"])  # bit for bit
+
+
+@pytest.mark.slow
+def test_hf_folder_loads_with_auto_classes_and_pipeline(hf_dirs, recwarn):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, pipeline
+
+    folder = hf_dirs[2]
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    vocab = Vocab.load(folder)
+    assert len(tok) == model.config.vocab_size == len(vocab)
+    gen = GenerationConfig.from_pretrained(folder)
+    assert gen.eos_token_id == vocab.cls and gen.pad_token_id == vocab.pad
+    assert sorted(gen.bad_words_ids) == sorted([[vocab.unk], [vocab.pad], [vocab.mask]])
+    card = (folder / "README.md").read_text()
+    assert f"| steps | {STEPS} |" in card and "val loss" in card and "fingerprint" in card
+    text = pipeline("text-generation", model=str(folder))("青石镇", max_new_tokens=8)[0]["generated_text"]
+    assert text.startswith("青石镇") and len(text) > 3
+    assert not [w for w in recwarn.list if "tied" in str(w.message).lower() or "missing" in str(w.message).lower()]
+
+
+@pytest.mark.slow
+def test_consolidate_errors(zero_runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(zero_runs[2], run)
+    assert consolidate.main([str(tmp_path / "nothing"), str(tmp_path / "o")]) == 2
+    assert consolidate.main([str(ROOT), str(tmp_path / "o")]) == 2
+    assert "neither a training run directory nor a checkpoint" in capsys.readouterr().err
+    assert consolidate.main([str(run), str(tmp_path / "o"), "--step", "5"]) == 2
+    assert "no checkpoint of step 5" in capsys.readouterr().err
+    newest = run / "checkpoints" / f"step-{STEPS:08d}"
+    (newest / "COMPLETE.json").unlink()  # interrupted while saving
+    assert consolidate.main([str(newest), str(tmp_path / "o")]) == 2
+    assert "no completion marker" in capsys.readouterr().err
+    older = run / "checkpoints" / f"step-{STEPS - 6:08d}"
+    vocab = older / "tokenizer" / "vocab.txt"
+    vocab.write_text(vocab.read_text(encoding="utf-8") + "多余\n", encoding="utf-8")  # another vocabulary
+    marker = json.loads((older / "COMPLETE.json").read_text())
+    marker["files"]["tokenizer/vocab.txt"] = vocab.stat().st_size
+    (older / "COMPLETE.json").write_text(json.dumps(marker))
+    assert consolidate.main([str(run), str(tmp_path / "o")]) == 2
+    assert "another vocabulary" in capsys.readouterr().err
+
+
+# --- sampling on a model built so that its next token is known --------------------------------------------------
+
+def _rigged_model(sample_data: Path, out: Path, favourite: str, runner_up: str | None = None) -> Path:
+    """A tiny GPT-2 whose final hidden state is constant, so it always prefers `favourite` (then `runner_up`)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from gpt_novel.config import TrainConfig
+    from gpt_novel.consolidate import generation_config
+    from gpt_novel.model import build_model
+
+    vocab = Vocab.load(sample_data / "tokenizer")
+    torch.manual_seed(0)
+    model = build_model(TrainConfig(n_layer=1, n_head=2, n_embd=16, n_positions=64, dropout=0.0), vocab)
+    assert isinstance(model.config, GPT2Config) and isinstance(model, GPT2LMHeadModel)
+    with torch.no_grad():
+        direction = torch.randn(16)
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(direction)
+        model.transformer.wte.weight[vocab.index[favourite]] = direction * 3
+        if runner_up:
+            model.transformer.wte.weight[vocab.index[runner_up]] = direction * 2.9
+    model.generation_config = generation_config(vocab, 64)
+    model.save_pretrained(out)
+    for f in (sample_data / "tokenizer").iterdir():
+        shutil.copy2(f, out / f.name)
+    return out
+
+
+def test_generation_stops_at_cls(sample_data, tmp_path):
+    folder = _rigged_model(sample_data, tmp_path / "m", "[CLS]")
+    texts = generate.continue_text(folder, "青石镇", generate.SamplingOptions(max_new_tokens=10, seed=1))
+    assert texts == [""]
+
+
+def test_sep_becomes_a_newline(sample_data, tmp_path):
+    folder = _rigged_model(sample_data, tmp_path / "m", "[SEP]", "雨")
+    options = generate.SamplingOptions(max_new_tokens=6, temperature=0, repetition_penalty=1.0)
+    assert generate.continue_text(folder, "青石镇", options) == ["\n" * 6]
+
+
+def test_unk_pad_mask_are_never_generated(sample_data, tmp_path):
+    folder = _rigged_model(sample_data, tmp_path / "m", "[UNK]", "雨")
+    options = generate.SamplingOptions(max_new_tokens=5, temperature=0, repetition_penalty=1.0)
+    assert generate.continue_text(folder, "青石镇", options) == ["雨" * 5]
+
+
+@pytest.fixture(scope="module")
+def random_model(sample_data, tmp_path_factory) -> Path:
+    """An untrained tiny model: every sample differs, which is what the batch and seed tests need."""
+    from gpt_novel.config import TrainConfig
+    from gpt_novel.consolidate import generation_config
+    from gpt_novel.model import build_model
+
+    vocab = Vocab.load(sample_data / "tokenizer")
+    torch.manual_seed(1)
+    model = build_model(TrainConfig(n_layer=2, n_head=2, n_embd=32, n_positions=64, dropout=0.0), vocab)
+    model.generation_config = generation_config(vocab, 64)
+    out = tmp_path_factory.mktemp("random")
+    model.save_pretrained(out)
+    for f in (sample_data / "tokenizer").iterdir():
+        shutil.copy2(f, out / f.name)
+    return out
+
+
+def test_same_seed_same_text_and_a_batch_of_different_samples(random_model):
+    options = generate.SamplingOptions(max_new_tokens=12, num_samples=3, seed=7, temperature=1.0)
+    model = generate.load(random_model, "cpu")
+    first = generate.continue_text(model, "沈砚推开门", options)
+    assert generate.continue_text(model, "沈砚推开门", options) == first
+    assert len(first) == 3 and len(set(first)) == 3
+    options.seed = 8
+    assert generate.continue_text(model, "沈砚推开门", options) != first
+
+
+def test_long_prompt_keeps_its_tail(random_model, sample_text):
+    model, vocab = generate.load(random_model, "cpu")
+    options = generate.SamplingOptions(max_new_tokens=16, temperature=0)
+    ids = generate.prompt_ids(vocab, sample_text, options, model.config.n_positions)
+    full = vocab.encode(sample_text)
+    assert len(ids) == 64 - 16 and ids == full[-48:]
+    assert len(generate.continue_text((model, vocab), sample_text, options)) == 1
+    assert generate.prompt_ids(vocab, "", options, 64) == [vocab.mask]  # an empty prompt starts a chapter
+
+
+def test_sample_cli(random_model, tmp_path, capsys):
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("青石镇的雨", encoding="utf-8")
+    args = [str(random_model), "--prompt-file", str(prompt), "--max-new-tokens", "8", "--seed", "3"]
+    assert generate.main(args) == 0
+    once = capsys.readouterr().out
+    assert generate.main(args) == 0 and capsys.readouterr().out == once and once.startswith("青石镇的雨")
+    assert generate.main([*args, "--num-samples", "2"]) == 0 and "--- sample 2 ---" in capsys.readouterr().out
+    assert generate.main([*args, "--stream"]) == 0 and capsys.readouterr().out.startswith("青石镇的雨")
+    assert generate.main([str(tmp_path), "--prompt", "x"]) == 2
+    assert "not a model folder" in capsys.readouterr().err
+    assert generate.main([*args, "--max-new-tokens", "64"]) == 2
+    assert "leaves no room" in capsys.readouterr().err
+
+
+# --- evaluation -------------------------------------------------------------------------------------------------
+
+def test_eval_numbers_match_a_direct_computation(random_model, sample_data):
+    model, vocab = generate.load(random_model, "cpu", "fp32")
+    val = ShardSet.load(sample_data, "val")
+    got = evaluate.perplexity(model, vocab, val, batch_size=3)
+    samples = torch.from_numpy(np.stack([val.read(s, i) for s in range(len(val.counts))
+                                         for i in range(int(val.counts[s]))]).astype(np.int64))
+    with torch.no_grad():
+        logits = model(input_ids=samples[:, :-1]).logits
+        direct = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), samples[:, 1:].reshape(-1))
+    assert got["val_loss"] == pytest.approx(direct.item(), rel=1e-5)
+    assert got["val_ppl"] == pytest.approx(math.exp(direct.item()), rel=1e-5)
+    targets = samples[:, 1:].reshape(-1).tolist()
+    chars = sum(1 if vocab.tokens[t] == "[SEP]" else 0 if vocab.tokens[t] in ("[CLS]", "[MASK]", "[PAD]")
+                else len(vocab.tokens[t]) for t in targets)
+    assert got["val_bpc"] == pytest.approx(direct.item() * len(targets) / math.log(2) / chars, rel=1e-5)
+
+
+def test_text_metrics():
+    assert evaluate.rouge_l("青石镇的雨", "青石镇的雨") == 1.0
+    assert evaluate.rouge_l("青石镇", "雨夜") == 0.0
+    assert evaluate.rouge_l("青石ab镇", "青石镇") == pytest.approx(2 * (3 / 5) * 1 / (3 / 5 + 1))
+    assert evaluate.distinct(["哈哈哈哈"], 1) == 0.25 and evaluate.distinct(["哈哈哈哈"], 2) == 1 / 3
+    assert evaluate.repetition_rate("abcdabcd") == pytest.approx(1 - 4 / 5)
+    assert evaluate.repetition_rate("abcdefg") == 0.0
+
+
+def test_eval_cli_is_seeded_and_writes_json_and_card(random_model, sample_data, tmp_path, capsys):
+    from gpt_novel.cli import main
+
+    out = tmp_path / "a.json"
+    args = ["eval", str(random_model), "--data", str(sample_data), "--chapters", "2", "--prompt-chars", "20",
+            "--gen-chars", "20", "--json", str(out)]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "BLEU (zh)" in table and "bits per character" in table
+    first = json.loads(out.read_text())
+    assert main([*args, "--model-card"]) == 0
+    assert json.loads(out.read_text()) == first  # same seed, same numbers
+    c = first["continuation"]
+    assert c["chapters"] >= 1 and 0 <= c["rouge_l"] <= 1 and 0 <= c["distinct_1"] <= 1
+    assert "## Evaluation" in (random_model / "README.md").read_text()
+    assert main(["eval", str(tmp_path), "--data", str(sample_data)]) == 2
