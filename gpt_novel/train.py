@@ -5,9 +5,11 @@
     torchrun --nproc_per_node 2 -m gpt_novel.train --config tiny --data data/ --run-dir runs/tiny
     gpt-novel train --config tiny --data data/ --run-dir runs/tiny          # one process
 
-Rerunning the same command resumes from the newest complete checkpoint. Exit status: 0 when max_steps is reached,
-75 after SIGTERM/SIGUSR1 (the step in flight finished and a checkpoint was saved: run the command again to go on),
-1 when training stopped on non-finite losses (the last good checkpoint is kept), 2 for a bad config.
+Rerunning the same command resumes from the newest complete checkpoint. Exit status: 0 when max_steps is reached
+(RUN_DIR/DONE is written), 75 after SIGTERM/SIGUSR1 or when RUN_DIR/STOP appears (the step in flight finished and a
+checkpoint was saved: run the command again to go on), 1 when training stopped on non-finite losses (the last good
+checkpoint is kept), 2 for a bad config. The STOP file is how a batch script stops the trainer without signalling the
+launchers (slurm/train.sh); the trainer removes it once the checkpoint is saved.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from gpt_novel.model import build_model, count_params, param_groups
 
 EXIT_PREEMPTED = 75
 EXIT_BAD_STEPS = 1
+STOP_FILE = "STOP"
+DONE_FILE = "DONE"
 
 
 class _StopRequest:
@@ -147,6 +151,8 @@ class Trainer:
                       f"batch {cfg.global_batch_size} × {self.seq_len} tokens, {stream.steps_per_epoch} steps/epoch")
         bad_in_a_row, started = 0, time.time() - state["elapsed"]
         step = state["step"]
+        if self.is_main and step < cfg.max_steps:
+            (self.run_dir / DONE_FILE).unlink(missing_ok=True)  # a run resumed with a larger max_steps
         while step < cfg.max_steps:
             t0 = time.time()
             loss, waited = self._optimizer_step(batches)
@@ -168,16 +174,21 @@ class Trainer:
                 self._evaluate(step, state["tokens"])
             if step % cfg.sample_every == 0 or step == cfg.max_steps:
                 self._sample(step)
-            preempted = parallel.any_rank(self.stop.signal is not None, self.device)
+            stop_file = self.run_dir / STOP_FILE
+            preempted = parallel.any_rank(self.stop.signal is not None or stop_file.exists(), self.device)
             periodic = step % cfg.save_every == 0 and bad_in_a_row == 0  # never a checkpoint after a bad step
             if periodic or step == cfg.max_steps or preempted:
                 self._save(step, state, started)
             if preempted:
-                self._say(f"stopped by a signal after step {step}; checkpoint saved; rerun the same command to resume")
+                if self.is_main:
+                    stop_file.unlink(missing_ok=True)
+                self._say(f"stop requested (signal or {STOP_FILE} file) after step {step}; checkpoint saved; rerun "
+                          "the same command to resume")
                 self.log.close()
                 return EXIT_PREEMPTED
         self.log.close()
         if self.is_main:
+            (self.run_dir / DONE_FILE).write_text(f"{step}\n", encoding="utf-8")
             metrics.plot_run(self.run_dir)
             self._say(f"done: {step} steps; run directory {self.run_dir} (tensorboard --logdir "
                       f"{self.run_dir / 'tensorboard'})")

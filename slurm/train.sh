@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# gpt-novel on a Slurm cluster: one launcher (torchrun) per node, DeepSpeed across all GPUs of all nodes,
+# checkpoint + requeue on preemption or time limit, exact resume.
+#
+#   sbatch slurm/train.sh                                    # defaults below
+#   PRESET=medium DATA=/data/novels RUN_DIR=/runs/m sbatch --nodes 4 slurm/train.sh --max-steps 100000 --lr 2e-4
+#
+# Settings (environment variables; everything after the script name goes to the trainer as overrides):
+#   PRESET          preset name (tiny small medium large xl) or a YAML path       default: small
+#   DATA            prepared data directory (gpt-novel prepare)                  required
+#   RUN_DIR         run directory; resubmitting with the same one resumes         required
+#   DS_CONFIG       DeepSpeed JSON                                               default: ds_configs/zero2.json
+#   PROCS_PER_NODE  trainer processes per node                                   default: GPUs on the node, else 1
+#   REPO            the gpt-novel checkout                                       default: the submit directory
+#   PYTHON          its interpreter                                              default: $REPO/.venv/bin/python
+#   MASTER_PORT     rendezvous port on the first node                            default: derived from the job id
+#
+# On USR1 (sent --signal seconds before the time limit, or by `scancel --signal=USR1 --batch JOB`) or TERM, the
+# script writes RUN_DIR/STOP: every rank finishes its optimizer step, a complete checkpoint is saved, the trainer
+# exits, and the job requeues itself (`scontrol requeue`); the requeued job resumes from that checkpoint. A job
+# whose training finished (RUN_DIR/DONE) does not requeue. A stop file is used instead of forwarding the signal
+# because the launchers (torchrun) die of USR1 and kill their workers on TERM after a grace period.
+#
+#SBATCH --job-name=gpt-novel
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=32
+#SBATCH --time=24:00:00
+#SBATCH --output=gpt-novel-%j.out
+#SBATCH --open-mode=append
+#SBATCH --requeue
+#SBATCH --signal=B:USR1@300
+set -uo pipefail
+
+REPO=${REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
+PYTHON=${PYTHON:-$REPO/.venv/bin/python}
+PRESET=${PRESET:-small}
+DATA=${DATA:?set DATA to a prepared data directory}
+RUN_DIR=${RUN_DIR:?set RUN_DIR to the run directory}
+DS_CONFIG=${DS_CONFIG:-ds_configs/zero2.json}
+GPUS=$(nvidia-smi -L 2>/dev/null | wc -l)
+PROCS_PER_NODE=${PROCS_PER_NODE:-$([ "$GPUS" -gt 0 ] && echo "$GPUS" || echo 1)}
+MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
+export REPO PYTHON PRESET DATA RUN_DIR DS_CONFIG PROCS_PER_NODE MASTER_ADDR MASTER_PORT
+cd "$REPO" || exit 1
+mkdir -p "$RUN_DIR"
+rm -f "$RUN_DIR/STOP"
+
+log() { echo "[slurm/train.sh $(date +%T)] job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0}: $*"; }
+latest=$(ls -d "$RUN_DIR"/checkpoints/step-* 2>/dev/null | tail -n 1)
+log "nodes $SLURM_JOB_NODELIST ($SLURM_NNODES × $PROCS_PER_NODE processes), master $MASTER_ADDR:$MASTER_PORT," \
+    "resuming from ${latest:-nothing (fresh start)}"
+
+stop_requested=0
+request_stop() {
+  log "signal received: asking the trainer to checkpoint and stop"
+  stop_requested=1
+  touch "$RUN_DIR/STOP"
+}
+trap request_stop USR1 TERM
+
+# One launcher per node; SLURM_NODEID is evaluated on each node, not here on the batch host.
+srun --ntasks-per-node=1 --kill-on-bad-exit=0 bash -c '
+  echo "[slurm/train.sh] node $SLURMD_NODENAME (node rank $SLURM_NODEID) starts $PROCS_PER_NODE process(es)"
+  exec "$PYTHON" -m torch.distributed.run --nnodes "$SLURM_NNODES" --node_rank "$SLURM_NODEID" \
+    --nproc_per_node "$PROCS_PER_NODE" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
+    -m gpt_novel.train --config "$PRESET" --data "$DATA" --run-dir "$RUN_DIR" --deepspeed "$DS_CONFIG" "$@"
+' gpt-novel "$@" &
+srun_pid=$!
+# bash runs the trap only between foreground commands: wait in a loop until srun has really ended
+while true; do
+  wait "$srun_pid"
+  status=$?
+  kill -0 "$srun_pid" 2>/dev/null || break
+done
+
+if [ -f "$RUN_DIR/DONE" ]; then
+  log "training finished (status $status)"
+  exit 0
+fi
+if [ "$stop_requested" = 1 ]; then
+  log "checkpoint saved; requeueing"
+  scontrol requeue "$SLURM_JOB_ID"   # ends this script at once; the job starts again and resumes
+  sleep 60
+fi
+log "trainer exited with status $status"
+exit "$status"

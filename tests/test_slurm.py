@@ -1,0 +1,109 @@
+"""`sbatch slurm/train.sh` on a real local Slurm (two slurmd nodes n1, n2 on this host), and torchrun --nnodes 2.
+
+.ci/run starts the cluster with tests/slurm/start_slurm.sh; without one (no `sinfo`, or no idle nodes) the Slurm
+tests skip. Every run is compared with the single-node 2-process ZeRO-2 run of the same config (same world size
+and global batch): the losses must be equal bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import COMMON, ROOT, train_env, train_lines
+
+pytestmark = pytest.mark.slow
+
+
+def _slurm_up() -> bool:
+    if shutil.which("sbatch") is None:
+        return False
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-t", "idle,mix,alloc", "-o", "%N"], capture_output=True,
+                             text=True, timeout=10).stdout
+    except (subprocess.SubprocessError, OSError):
+        return False
+    return len(set(out.split())) >= 2
+
+
+needs_slurm = pytest.mark.skipif(not _slurm_up(), reason="no local Slurm with 2 nodes (tests/slurm/start_slurm.sh)")
+
+
+def _submit(data: Path, run_dir: Path, log: Path) -> str:
+    env = dict(train_env(), PRESET="tiny", DATA=str(data), RUN_DIR=str(run_dir), PROCS_PER_NODE="1",
+               DS_CONFIG=str(ROOT / "ds_configs" / "zero2.json"), REPO=str(ROOT), PYTHON=sys.executable)
+    cmd = ["sbatch", "--parsable", "--nodes", "2", "--gpus-per-node", "0", "--cpus-per-task", "1",
+           "--output", str(log), str(ROOT / "slurm" / "train.sh"), *COMMON[2:]]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().split(";")[0]
+
+
+def _state(job: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=10).stdout
+    match = re.search(r"JobState=(\S+)", out)
+    return match.group(1) if match else "UNKNOWN"
+
+
+def _wait_for(job: str, states: set[str], timeout: float = 300) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = _state(job)
+        if state in states:
+            return state
+        time.sleep(0.5)
+    subprocess.run(["scancel", job], timeout=10)
+    raise AssertionError(f"job {job} still {_state(job)} after {timeout} s")
+
+
+@needs_slurm
+def test_two_node_sbatch_run_equals_a_single_node_run(train_data, zero_runs, tmp_path):
+    run_dir, log = tmp_path / "run", tmp_path / "job.out"
+    job = _submit(train_data, run_dir, log)
+    assert _wait_for(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}) == "COMPLETED", log.read_text()[-3000:]
+    text = log.read_text()
+    assert "node n1 (node rank 0)" in text and "node n2 (node rank 1)" in text
+    assert "restart 0" in text and "training finished" in text
+    assert train_lines(run_dir) == train_lines(zero_runs[2])
+
+
+@needs_slurm
+def test_usr1_checkpoints_requeues_and_resumes_exactly(train_data, zero_runs, tmp_path):
+    run_dir, log = tmp_path / "run", tmp_path / "job.out"
+    job = _submit(train_data, run_dir, log)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # after the step-6 checkpoint
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and '"step": 9,' in metrics.read_text():
+            break
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, timeout=10)
+    assert _wait_for(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=400) == "COMPLETED", \
+        log.read_text()[-3000:]
+    text = log.read_text()
+    assert "signal received" in text and "requeueing" in text
+    assert "restart 1" in text and "resuming from " + str(run_dir) in text
+    assert "training finished" in text
+    assert train_lines(run_dir) == train_lines(zero_runs[2])
+
+
+def test_torchrun_two_launchers_on_loopback(train_data, zero_runs, tmp_path):
+    """For users without Slurm: two launchers (two "nodes") with a static rendezvous on 127.0.0.1."""
+    run_dir = tmp_path / "run"
+    port = str(29000 + os.getpid() % 1000)
+    procs = []
+    for node in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
+               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port, "-m", "gpt_novel.train",
+               *COMMON, "--data", str(train_data), "--run-dir", str(run_dir),
+               "--deepspeed", str(ROOT / "ds_configs" / "zero2.json")]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=train_env(), stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    assert train_lines(run_dir) == train_lines(zero_runs[2])
