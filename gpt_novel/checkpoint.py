@@ -82,8 +82,9 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _prune(root: Path, keep_last: int) -> None:
+    """Keep the newest keep_last complete checkpoints; drop temporaries left by saves that were interrupted."""
     complete = [p for p in _candidates(root) if _problem(p) is None]
-    for old in complete[keep_last:]:
+    for old in complete[keep_last:] + sorted(root.glob(".tmp-*")):
         shutil.rmtree(old, ignore_errors=True)
 
 

@@ -14,38 +14,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from gpt_novel.data.stream import ShardSet, val_batches
 from gpt_novel.data.vocab import Vocab
 from gpt_novel.errors import UserError
 from gpt_novel.generate import SamplingOptions, continue_text, load
+from gpt_novel.model import heldout_metrics, heldout_sums
 
 
 def perplexity(model, vocab: Vocab, val: ShardSet, batch_size: int = 8, max_batches: int = 10**9) -> dict:
     """Mean negative log-likelihood per token over the val samples, its exp, and bits per character."""
-    char_len = torch.tensor([0 if t in ("[CLS]", "[MASK]", "[PAD]") else 1 if t == "[SEP]" else len(t)
-                             for t in vocab.tokens], dtype=torch.float64)
-    nats = tokens = chars = 0.0
     with torch.no_grad():
-        for batch, weight in val_batches(val, 0, 1, batch_size, max_batches):
-            batch = batch.to(model.device)
-            logits = model(input_ids=batch[:, :-1]).logits.float()
-            targets = batch[:, 1:]
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
-            w = weight.double()[:, None]
-            nats += float((loss.view_as(targets).double().cpu() * w).sum())
-            tokens += float(w.sum()) * targets.size(1)
-            chars += float((char_len[targets.cpu()] * w).sum())
-    loss = nats / tokens
-    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "val_bpc": nats / math.log(2) / chars,
-            "val_tokens": int(tokens)}
+        nats, tokens, chars = heldout_sums(model, val_batches(val, 0, 1, batch_size, max_batches),
+                                           vocab.char_lengths(), model.device)
+    return {**heldout_metrics(nats, tokens, chars), "val_tokens": int(tokens)}
 
 
 def held_out_chapters(vocab: Vocab, val: ShardSet) -> list[str]:

@@ -1,8 +1,12 @@
-"""Preset → `GPT2Config` → `GPT2LMHeadModel`, the optimizer's parameter groups, and FLOPs per token for MFU."""
+"""Preset → `GPT2Config` → `GPT2LMHeadModel`, the optimizer's parameter groups, and held-out loss / bits per
+character (shared by the trainer's evaluation and `gpt-novel eval`)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from gpt_novel.config import TrainConfig
 from gpt_novel.data.vocab import Vocab
@@ -41,6 +45,28 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def heldout_sums(model, batches, char_lengths: list[int], device) -> list[float]:
+    """[nats, label tokens, characters] over (batch, weight) pairs, padding rows weighted 0; the trainer sums them
+    over ranks, `gpt-novel eval` uses them as they are. Call under torch.no_grad() with the model in eval mode."""
+    chars_of = torch.tensor(char_lengths, dtype=torch.float64)
+    nats = tokens = chars = 0.0
+    for batch, weight in batches:
+        batch = batch.to(device)
+        logits = model(input_ids=batch[:, :-1]).logits.float()
+        targets = batch[:, 1:]
+        per_token = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+        w = weight.double()[:, None]
+        nats += float((per_token.view_as(targets).double().cpu() * w).sum())
+        tokens += float(w.sum()) * targets.size(1)
+        chars += float((chars_of[targets.cpu()] * w).sum())
+    return [nats, tokens, chars]
+
+
+def heldout_metrics(nats: float, tokens: float, chars: float) -> dict:
+    loss = nats / max(tokens, 1)
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "val_bpc": nats / math.log(2) / max(chars, 1)}
 
 
 def count_params(model: torch.nn.Module) -> int:

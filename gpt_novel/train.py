@@ -14,7 +14,6 @@ launchers (slurm/train.sh); the trainer removes it once the checkpoint is saved.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import signal
@@ -31,7 +30,7 @@ from gpt_novel.config import TrainConfig, train_config
 from gpt_novel.data.stream import ShardSet, StreamSpec, TrainStream, make_loader, val_batches
 from gpt_novel.data.vocab import Vocab
 from gpt_novel.errors import UserError
-from gpt_novel.model import build_model, count_params, param_groups
+from gpt_novel.model import build_model, count_params, heldout_metrics, heldout_sums, param_groups
 
 EXIT_PREEMPTED = 75
 EXIT_BAD_STEPS = 1
@@ -99,8 +98,6 @@ class Trainer:
         self.flops_per_token = metrics.flops_per_token(self.n_params, cfg.n_layer, cfg.n_embd, self.seq_len)
         name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
         self.peak = metrics.peak_flops(name, cfg.peak_flops or None)
-        self.char_len = torch.tensor([0 if t in ("[CLS]", "[MASK]", "[PAD]") else 1 if t == "[SEP]" else len(t)
-                                      for t in self.vocab.tokens], dtype=torch.float64)
 
     @property
     def seq_len(self) -> int:
@@ -228,25 +225,12 @@ class Trainer:
         if "val" not in self.manifest["splits"]:
             return
         val = ShardSet.load(self.data, "val")
+        batches = val_batches(val, self.rank, self.world, self.cfg.micro_batch_size, self.cfg.eval_batches)
         self.engine.eval()
-        nats = count = chars = 0.0
         with torch.no_grad():
-            for batch, weight in val_batches(val, self.rank, self.world, self.cfg.micro_batch_size,
-                                             self.cfg.eval_batches):
-                batch = batch.to(self.device)
-                logits = self.engine(input_ids=batch[:, :-1]).logits.float()
-                targets = batch[:, 1:]
-                per_token = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                            reduction="none").view_as(targets).double().cpu()
-                w = weight.double()[:, None]
-                nats += float((per_token * w).sum())
-                count += float(w.sum()) * targets.size(1)
-                chars += float((self.char_len[targets.cpu()] * w).sum())
-        nats, count, chars = parallel.all_reduce_sum([nats, count, chars], self.device)
+            sums = heldout_sums(self.engine, batches, self.vocab.char_lengths(), self.device)
         self.engine.train()
-        val_loss = nats / max(count, 1)
-        self.log.log_eval(step, val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)),
-                          val_bpc=nats / math.log(2) / max(chars, 1), tokens=tokens)
+        self.log.log_eval(step, **heldout_metrics(*parallel.all_reduce_sum(sums, self.device)), tokens=tokens)
 
     def _sample(self, step: int) -> None:
         """Greedy continuation of a fixed prompt (the start of the first val sample): greedy decoding draws no

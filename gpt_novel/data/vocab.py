@@ -62,6 +62,11 @@ class Vocab:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def char_lengths(self) -> list[int]:
+        """Characters each token stands for in text ([SEP] a newline, [CLS]/[MASK]/[PAD] none): the denominator of
+        bits per character, which compares word and character vocabularies."""
+        return [0 if t in _SKIPPED_IN_TEXT else 1 if t == SEP else len(t) for t in self.tokens]
+
     # --- encoding -----------------------------------------------------------------------------------------------
     def ids_of_words(self, words: Iterable[str]) -> list[int]:
         """Ids of segmented words: newline → [SEP], unknown word → its characters, unknown character → [UNK]."""
