@@ -88,6 +88,13 @@ def test_consolidate_errors(zero_runs, tmp_path, capsys):
 
 # --- sampling on a model built so that its next token is known --------------------------------------------------
 
+def _save_with_tokenizer(model, sample_data: Path, out: Path) -> None:
+    """A model folder as tools/consolidate.py leaves it: weights, generation config and the tokenizer files."""
+    model.save_pretrained(out)
+    for f in (sample_data / "tokenizer").iterdir():
+        shutil.copy2(f, out / f.name)
+
+
 def _rigged_model(sample_data: Path, out: Path, favourite: str, runner_up: str | None = None) -> Path:
     """A tiny GPT-2 whose final hidden state is constant, so it always prefers `favourite` (then `runner_up`)."""
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -108,9 +115,7 @@ def _rigged_model(sample_data: Path, out: Path, favourite: str, runner_up: str |
         if runner_up:
             model.transformer.wte.weight[vocab.index[runner_up]] = direction * 2.9
     model.generation_config = generation_config(vocab, 64)
-    model.save_pretrained(out)
-    for f in (sample_data / "tokenizer").iterdir():
-        shutil.copy2(f, out / f.name)
+    _save_with_tokenizer(model, sample_data, out)
     return out
 
 
@@ -144,9 +149,7 @@ def random_model(sample_data, tmp_path_factory) -> Path:
     model = build_model(TrainConfig(n_layer=2, n_head=2, n_embd=32, n_positions=64, dropout=0.0), vocab)
     model.generation_config = generation_config(vocab, 64)
     out = tmp_path_factory.mktemp("random")
-    model.save_pretrained(out)
-    for f in (sample_data / "tokenizer").iterdir():
-        shutil.copy2(f, out / f.name)
+    _save_with_tokenizer(model, sample_data, out)
     return out
 
 
