@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from gpt_novel.config import TrainConfig, train_config
 from gpt_novel.data.vocab import Vocab
@@ -43,9 +44,19 @@ def test_no_weight_decay_on_biases_and_layernorm(cfg, sample_data):
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
-def test_activation_checkpointing(cfg, sample_data):
-    cfg = TrainConfig(**{**cfg.__dict__, "activation_checkpointing": True})
-    assert build_model(cfg, Vocab.load(sample_data / "tokenizer")).is_gradient_checkpointing
+def test_activation_checkpointing_recomputes_the_same_gradients(cfg, sample_data):
+    """Checkpointing trades memory for a second forward in backward; the gradients must not change."""
+    vocab = Vocab.load(sample_data / "tokenizer")
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = build_model(TrainConfig(**{**cfg.__dict__, "activation_checkpointing": checkpointing,
+                                           "dropout": 0.0}), vocab).train()
+        assert model.is_gradient_checkpointing == checkpointing
+        ids = torch.arange(2 * 33).remainder(len(vocab)).view(2, 33)
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(
