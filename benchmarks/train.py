@@ -48,7 +48,7 @@ def _trainer(args, data: Path, run_dir: Path) -> dict:
            "--max-steps", str(args.steps),
            "--warmup-steps", "1", "--save-every", str(args.steps), "--eval-every", str(args.steps),
            "--sample-every", str(args.steps), "--num-workers", str(args.num_workers), "--progress", "false",
-           "--dropout", "0", "--deepspeed", str(args.deepspeed)]
+           "--dropout", "0", "--deepspeed", str(_deepspeed_path(args.deepspeed))]
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [x for x in lines if "loss" in x][args.warmup:]
@@ -56,6 +56,11 @@ def _trainer(args, data: Path, run_dir: Path) -> dict:
     step_time = [args.micro_batch * args.grad_accum * _seq_len(data) / t for t in seconds]
     waits = [x["data_wait_s"] for x in steps]
     return {"tokens_per_s": statistics.median(seconds), "data_wait_fraction": sum(waits) / sum(step_time)}
+
+
+def _deepspeed_path(path: Path) -> Path:
+    """As given from the current directory, else from the repository (the trainer runs there)."""
+    return path.resolve() if path.exists() else ROOT / path
 
 
 def _seq_len(data: Path) -> int:
@@ -99,7 +104,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3, help="trainer runs, each between two bare runs")
-    parser.add_argument("--deepspeed", type=Path, default=ROOT / "ds_configs" / "zero1.json")
+    parser.add_argument("--deepspeed", type=Path, default=Path("ds_configs/zero1.json"))
     parser.add_argument("--n-layer", type=int, default=4)
     parser.add_argument("--n-head", type=int, default=4)
     parser.add_argument("--n-embd", type=int, default=256)
