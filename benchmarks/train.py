@@ -114,6 +114,8 @@ def main() -> None:
                         help="trainer's DataLoader workers (the tiny preset's 1)")
     parser.add_argument("--seq-len", type=int, default=256, help="when preparing the sample")
     args = parser.parse_args()
+    if args.repeats < 1 or args.steps <= args.warmup:
+        parser.error("--repeats must be at least 1 and --steps more than --warmup")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = args.data or _prepare(tmp, args.seq_len)

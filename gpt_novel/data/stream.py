@@ -130,7 +130,7 @@ class TrainStream(torch.utils.data.IterableDataset):
     def batch(self, g: int) -> torch.Tensor:
         return torch.from_numpy(self.rows(g))
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[np.ndarray]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         g = self.start + worker
