@@ -105,15 +105,18 @@ def memory_gb() -> float | None:
     return maxrss / 2**30 if sys.platform == "darwin" else maxrss / 2**20
 
 
-def _step_of(line: str) -> float | None:
-    """The "step" of one metrics.jsonl line, or None for a torn / foreign line (to be dropped)."""
+def _record(line: str) -> dict | None:
+    """One metrics.jsonl line as a dict, or None for a torn or foreign line (readers skip it)."""
     try:
         obj = json.loads(line)
     except ValueError:
         return None
-    if not isinstance(obj, dict):
-        return None
-    step = obj.get("step")
+    return obj if isinstance(obj, dict) else None
+
+
+def _step_of(line: str) -> float | None:
+    """The "step" of one metrics.jsonl line, or None for a line without one (to be dropped)."""
+    step = (_record(line) or {}).get("step")
     if isinstance(step, bool) or not isinstance(step, int | float):
         return None
     return step
@@ -320,16 +323,8 @@ class Metrics:
 
 def read_metrics(run_dir: Path) -> list[dict]:
     """Every record of RUN_DIR/metrics.jsonl in file order; torn or non-object lines are skipped."""
-    records = []
     text = (Path(run_dir) / METRICS_FILE).read_text(encoding="utf-8", errors="replace")
-    for line in text.splitlines():
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            records.append(obj)
-    return records
+    return [r for r in map(_record, text.splitlines()) if r is not None]
 
 
 def _finite(x: Any) -> bool:

@@ -14,6 +14,7 @@ launchers (slurm/train.sh); the trainer removes it once the checkpoint is saved.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -98,6 +99,11 @@ class Trainer:
         self.flops_per_token = metrics.flops_per_token(self.n_params, cfg.n_layer, cfg.n_embd, self.seq_len)
         name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
         self.peak = metrics.peak_flops(name, cfg.peak_flops or None)
+
+    @functools.cached_property
+    def _val(self) -> ShardSet | None:
+        """The val shards, opened once (their member offsets are read on first use), or None without a val split."""
+        return ShardSet.load(self.data, "val") if "val" in self.manifest["splits"] else None
 
     @property
     def seq_len(self) -> int:
@@ -222,10 +228,9 @@ class Trainer:
 
     def _evaluate(self, step: int, tokens: int) -> None:
         """Validation loss, perplexity and bits per character (tokenizer-independent) on the val shards."""
-        if "val" not in self.manifest["splits"]:
+        if self._val is None:
             return
-        val = ShardSet.load(self.data, "val")
-        batches = val_batches(val, self.rank, self.world, self.cfg.micro_batch_size, self.cfg.eval_batches)
+        batches = val_batches(self._val, self.rank, self.world, self.cfg.micro_batch_size, self.cfg.eval_batches)
         self.engine.eval()
         with torch.no_grad():
             sums = heldout_sums(self.engine, batches, self.vocab.char_lengths(), self.device)
@@ -235,10 +240,10 @@ class Trainer:
     def _sample(self, step: int) -> None:
         """Greedy continuation of a fixed prompt (the start of the first val sample): greedy decoding draws no
         random numbers, so sampling never changes the run. All ranks take part (ZeRO-3 gathers weights)."""
-        split = "val" if "val" in self.manifest["splits"] else "train"
         room = self.cfg.n_positions
         n_prompt = min(32, room // 2)
-        prompt = torch.from_numpy(ShardSet.load(self.data, split).read(0, 0)[:n_prompt].astype(np.int64))[None]
+        shards = self._val if self._val is not None else ShardSet.load(self.data, "train")
+        prompt = torch.from_numpy(shards.read(0, 0)[:n_prompt].astype(np.int64))[None]
         self.engine.eval()
         with torch.no_grad():
             out = self.engine.module.generate(prompt.to(self.device),
