@@ -42,7 +42,8 @@ demo: install
 		echo "demo: no network (or a download failed): using the shipped sample corpus"; corpus=sample/corpus; \
 	fi; \
 	$(BIN)/gpt-novel prepare $$corpus --out demo/data --seq-len 256 --shard-size 1MB --force
-	$(BIN)/accelerate launch --config_file launch/zero2.yaml --num_processes $(NPROC) -m gpt_novel.train \
+	$(BIN)/gpt-novel launch $(BIN)/accelerate launch --config_file launch/zero2.yaml --num_processes $(NPROC) \
+		-m gpt_novel.train \
 		--config tiny --data demo/data --run-dir demo/run --max-steps $(DEMO_STEPS)
 	$(BIN)/python tools/consolidate.py demo/run demo/hf
 	@echo "demo: a continuation of the start of chapter 2 of the sample:"

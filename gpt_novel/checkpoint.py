@@ -1,15 +1,22 @@
 """Checkpoints: save, find the newest complete one, load; atomic, with a completion marker and keep-last-N.
 
 Layout: RUN_DIR/checkpoints/step-00000100/ holds DeepSpeed's sharded checkpoint (any ZeRO stage) under the tag
-`ds/`, `trainer_state.pt` (step, tokens, data position, scheduler, resolved config), one `rng-rank00000.pt` per rank
-(python, numpy, torch and CUDA RNG: per-rank state never goes through DeepSpeed's client_state, which ZeRO-1/2 only
-keep for rank 0), a copy of the tokenizer, `config.yaml`, and last `COMPLETE.json`, which lists every file with its
-size. Everything is written under a `.tmp-` name and renamed when all ranks are done; only then is the marker
-written, so a directory without a valid marker, or whose files do not match it, is incomplete and skipped.
+`ds/`, `trainer_state.json` (step, tokens, data position, scheduler, resolved config), one `rng-rank00000.json` per
+rank (python, numpy, torch and CUDA RNG: per-rank state never goes through DeepSpeed's client_state, which ZeRO-1/2
+only keep for rank 0), a copy of the tokenizer, `config.yaml`, and last `COMPLETE.json`, which lists every file with
+its size and sha256 (the ranks hash their share of the files in parallel). Everything is written under a `.tmp-`
+name and renamed when all ranks are done; only then is the marker written, so a directory without a valid marker is
+incomplete and skipped. Before a load every file is checked against its digest (again split among the ranks): a
+damaged file makes the checkpoint unusable, named in a warning, and resume falls back to the previous one.
+
+Trust: our own files are JSON and cannot run code. DeepSpeed's `ds/*.pt` are pickles that its loader unpickles; the
+digests protect against damage, not against someone who rewrites the marker too: a checkpoint is code unless it
+came from you (see the README).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -22,8 +29,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from gpt_novel.data.stream import sha256_file
+from gpt_novel.errors import UserError
+
 MARKER = "COMPLETE.json"
-STATE = "trainer_state.pt"
+STATE = "trainer_state.json"
 DS_TAG = "ds"
 PREFIX = "step-"
 
@@ -33,37 +43,93 @@ def checkpoints_dir(run_dir: str | Path) -> Path:
 
 
 def _barrier() -> None:
+    """Between saving steps; a rank that fails meanwhile ends every rank through `faults`, not by a timeout."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
 
 def save(engine, run_dir: str | Path, step: int, state: dict, cfg, tokenizer_dir: Path, keep_last: int) -> Path:
-    """Collective: every rank calls it. Returns the final checkpoint path."""
+    """Collective: every rank calls it. Returns the final checkpoint path. A failed write (a full disk, a quota)
+    is an OSError naming the checkpoint, whatever the writer (DeepSpeed's C++ stream says only `iostream error`)."""
     root = checkpoints_dir(run_dir)
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".tmp-{PREFIX}{step:08d}"
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank, world = _rank_world()
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier()
-    engine.save_checkpoint(str(tmp), tag=DS_TAG, save_latest=False)
-    torch.save(rng_state(), tmp / f"rng-rank{rank:05d}.pt")
-    _barrier()
+    try:
+        engine.save_checkpoint(str(tmp), tag=DS_TAG, save_latest=False)
+        _write_atomic(tmp / f"rng-rank{rank:05d}.json", json.dumps(rng_state()))
+        _barrier()
+        if rank == 0:
+            _write_atomic(tmp / STATE, json.dumps(state, indent=1))
+            _write_config(tmp / "config.yaml", cfg)
+            shutil.copytree(tokenizer_dir, tmp / "tokenizer")
+        _barrier()  # every file is written before the ranks list and hash them
+    except (OSError, RuntimeError) as e:
+        raise _write_failure(tmp, e) from e
+    files = _gather(_hash_share(tmp, rank, world))
     if rank == 0:
-        torch.save(state, tmp / STATE)
-        _write_config(tmp / "config.yaml", cfg)
-        shutil.copytree(tokenizer_dir, tmp / "tokenizer")
         if final.exists():  # a checkpoint of the same step from an earlier, interrupted run
             shutil.rmtree(final)
         tmp.rename(final)
-        files = {str(p.relative_to(final)): p.stat().st_size for p in sorted(final.rglob("*")) if p.is_file()}
         marker = {"step": step, "world_size": state["world_size"], "global_batch_size": state["global_batch_size"],
-                  "files": files}
+                  "files": dict(sorted(files.items()))}
         _write_atomic(final / MARKER, json.dumps(marker, indent=1))
         _prune(root, keep_last)
     _barrier()
     return final
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _write_failure(tmp: Path, e: Exception) -> OSError:
+    if isinstance(e, OSError) and e.filename:
+        return e
+    reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    free = shutil.disk_usage(tmp.parent).free if tmp.parent.exists() else 0
+    code = errno.ENOSPC if free < 1 << 20 else getattr(e, "errno", None) or errno.EIO
+    text = os.strerror(errno.ENOSPC) if code == errno.ENOSPC else f"could not write the checkpoint ({reason})"
+    return OSError(code, text, str(tmp))
+
+
+def _files(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and p.name != MARKER)
+
+
+def _hash_share(path: Path, rank: int, world: int) -> dict[str, dict]:
+    """Size and sha256 of this rank's share of the files (every world-th one)."""
+    return {name: {"bytes": (path / name).stat().st_size, "sha256": sha256_file(path / name)}
+            for name in _files(path)[rank::world]}
+
+
+def _gather(share: dict) -> dict:
+    if not (dist.is_available() and dist.is_initialized()):
+        return share
+    shares: list = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, share)  # between our own processes, never from a file
+    return {k: v for s in shares for k, v in s.items()}
+
+
+BYTES_PER_PARAM = 16  # bf16 weights 2 + fp32 master weights 4 + Adam's two moments 8, plus headroom
+SPACE_MARGIN = 1.1
+
+
+def check_space(run_dir: Path, n_params: int) -> None:
+    """Refuse to start when the run directory cannot hold one more checkpoint (the newest one's size, or an estimate
+    from the parameter count), rather than fail at the first save hours later."""
+    newest = find_latest(run_dir, warn=lambda text: None)
+    need = sum(f.stat().st_size for f in newest.rglob("*") if f.is_file()) if newest else n_params * BYTES_PER_PARAM
+    free = shutil.disk_usage(run_dir).free
+    if free < need * SPACE_MARGIN:
+        raise UserError(f"--run-dir {run_dir} has {free / 1e6:,.1f} MB free, a checkpoint needs about "
+                        f"{need * SPACE_MARGIN / 1e6:,.1f} MB; free some space or choose another --run-dir")
 
 
 def _write_config(path: Path, cfg) -> None:
@@ -95,66 +161,103 @@ def _candidates(root: Path) -> list[Path]:
     return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)), reverse=True)
 
 
-def _problem(path: Path) -> str | None:
-    """Why a checkpoint directory cannot be used, or None when it is complete."""
+def _marker(path: Path) -> tuple[dict | None, str | None]:
     try:
-        marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
+        return json.loads((path / MARKER).read_text(encoding="utf-8")), None
     except FileNotFoundError:
-        return "no completion marker (interrupted while saving)"
+        return None, "no completion marker (interrupted while saving)"
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return "damaged completion marker"
-    for name, size in marker.get("files", {}).items():
+        return None, "damaged completion marker"
+
+
+def _problem(path: Path, rank: int = 0, world: int = 1, digests: bool = False) -> str | None:
+    """Why a checkpoint directory cannot be used, or None. Sizes always; with `digests`, this rank's share of the
+    sha256 checks too (see `verify` for the whole)."""
+    marker, problem = _marker(path)
+    if problem:
+        return problem
+    files = marker.get("files", {})
+    if digests and any(not isinstance(v, dict) for v in files.values()):
+        return "its completion marker records no digests (saved by an older gpt-novel)"
+    for name, want in files.items():
         f = path / name
         if not f.is_file():
             return f"{name} is missing"
+        size = want["bytes"] if isinstance(want, dict) else want
         if f.stat().st_size != size:
             return f"{name} has {f.stat().st_size} bytes, {size} expected"
+    for name in sorted(files)[rank::world] if digests else []:
+        if sha256_file(path / name) != files[name]["sha256"]:
+            return f"{name} does not match its sha256 (damaged)"
     return None
 
 
-def find_latest(run_dir: str | Path, warn=print) -> Path | None:
-    """The newest complete checkpoint; incomplete or damaged newer ones are skipped with a warning."""
+def verify(path: Path) -> str | None:
+    """Collective: sizes and every digest, the hashing split among the ranks; every rank gets the same answer."""
+    rank, world = _rank_world()
+    problems = _gather({str(rank): _problem(path, rank, world, digests=True)})
+    return next((p for _, p in sorted(problems.items()) if p), None)
+
+
+def find_latest(run_dir: str | Path, warn=print, check=_problem) -> Path | None:
+    """The newest usable checkpoint; unusable newer ones are skipped with a warning. `check` is `_problem` (sizes,
+    cheap) or `verify` (digests, collective: before a load)."""
     for path in _candidates(checkpoints_dir(run_dir)):
-        problem = _problem(path)
+        problem = check(path)
         if problem is None:
             return path
         warn(f"warning: skipping checkpoint {path.name}: {problem}")
     return None
 
 
-def check_usable(path: Path) -> dict:
-    """The marker of a checkpoint given by path; raises ValueError with the reason when it cannot be used."""
-    problem = _problem(path)
+def check_usable(path: Path, check=verify) -> dict:
+    """The marker of a checkpoint given by path, its files verified; ValueError with the reason otherwise."""
+    problem = check(path)
     if problem:
         raise ValueError(f"checkpoint {path} cannot be used: {problem}")
-    return json.loads((path / MARKER).read_text(encoding="utf-8"))
+    return _marker(path)[0]
 
 
 def load(engine, path: Path) -> dict:
-    """Load weights, optimizer and DeepSpeed state into the engine; return the trainer state. Collective."""
+    """Load weights, optimizer and DeepSpeed state into the engine; return the trainer state. Collective. Call it on
+    a verified checkpoint only: DeepSpeed unpickles its files."""
     load_path, _ = engine.load_checkpoint(str(path), tag=DS_TAG, load_optimizer_states=True,
                                           load_lr_scheduler_states=False)
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load {path}")
-    return torch.load(path / STATE, weights_only=False)
+    return load_state(path)
+
+
+def load_state(path: Path) -> dict:
+    """The trainer state (JSON: reading it cannot run code)."""
+    try:
+        return json.loads((path / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"checkpoint {path}: {STATE} is unreadable ({e})") from None
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG this process draws from, as JSON-able lists of integers (no pickle)."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(mt), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+             "torch": torch.get_rng_state().tolist()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
     return state
 
 
 def restore_rng(path: Path, rank: int) -> None:
     """Restore this rank's RNG states (call it after the DataLoader iterator exists, right before training)."""
-    file = path / f"rng-rank{rank:05d}.pt"
+    file = path / f"rng-rank{rank:05d}.json"
     if not file.exists():
         print(f"warning: {file} missing; RNG not restored on rank {rank}", file=sys.stderr)
         return
-    state = torch.load(file, weights_only=False)
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    state = json.loads(file.read_text(encoding="utf-8"))
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))

@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _plot_parser(sub)
     _eval_parser(sub)
+    sub.add_parser("launch", add_help=False, help="run torchrun or accelerate launch and exit with the trainer's "
+                   "status (75 after a graceful stop); signals become a checkpoint and stop")
     return parser
 
 
@@ -119,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:  # everything after `train` belongs to the trainer, --help included
         return _run_train(argparse.Namespace(train_args=argv[1:]))
+    if argv[:1] == ["launch"]:  # everything after `launch` is the launcher's command line
+        from gpt_novel import launch
+
+        return launch.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -43,13 +43,13 @@ def find_checkpoint(src: str | Path, step: int | None = None) -> Path:
             if not path.is_dir():
                 raise UserError(f"{src} has no checkpoint of step {step}")
         else:
-            path = checkpoint.find_latest(src, warn=lambda m: print(m, file=sys.stderr))
+            path = checkpoint.find_latest(src, warn=lambda m: print(m, file=sys.stderr), check=checkpoint.verify)
             if path is None:
                 raise UserError(f"{src} holds no complete checkpoint")
     else:
         raise UserError(f"{src} is neither a training run directory nor a checkpoint")
     try:
-        checkpoint.check_usable(path)
+        checkpoint.check_usable(path)  # every digest, before DeepSpeed's loader unpickles anything
     except ValueError as e:
         raise UserError(str(e)) from None
     return path
@@ -63,7 +63,10 @@ def consolidate(src: str | Path, out: str | Path, step: int | None = None, dtype
     out = Path(out)
     cfg = load_config(TrainConfig, str(ckpt / "config.yaml"), {})
     vocab = Vocab.load(ckpt / "tokenizer")
-    state = torch.load(ckpt / checkpoint.STATE, weights_only=False)
+    try:
+        state = checkpoint.load_state(ckpt)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     lazy = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=checkpoint.DS_TAG, lazy_mode=True)
     with torch.device("meta"):
         model = build_model(cfg, vocab)

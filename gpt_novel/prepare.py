@@ -3,37 +3,46 @@
 The stages run in the order data flows (ingest → clean → chapters → segment → vocab → shards); this module only
 orders them, runs the per-file and per-chapter work in one process pool, and writes the output directory. The
 output appears under its final name only once complete: it is built in a hidden sibling directory and renamed.
+One prepare at a time writes an output: it holds a lock file next to it from before reading the inputs until the
+output is published.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
 import hashlib
 import json
 import multiprocessing
 import os
-import pickle
 import random
+import re
+import secrets
 import shutil
+import socket
 import sys
 import time
 import unicodedata
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from gpt_novel import __version__
+from gpt_novel import __version__, lock
 from gpt_novel.config import PrepareConfig, parse_size
 from gpt_novel.data import chapters, charsets, clean, ingest, segment, shards
-from gpt_novel.data.vocab import UNK, Vocab, build_tokens
+from gpt_novel.data.vocab import UNK, Vocab, build_tokens, check_vocab_size
 from gpt_novel.errors import UserError
 
 MANIFEST = "manifest.json"
 REPORT = "report.json"
 FORMAT = "gpt-novel-shards/1"
 LONG_LINE = 100_000
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass
@@ -51,6 +60,34 @@ class FileResult:
     removed: Counter = field(default_factory=Counter)
     chapters: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    lines_recoded: int = 0
+
+    def to_json(self) -> str:
+        # not dataclasses.asdict: it rebuilds a Counter from (key, value) pairs, counting the pairs
+        return json.dumps({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> FileResult:
+        """The inverse of `to_json`. Raises ValueError for anything else: the cache is data, never code."""
+        fields = json.loads(text)
+        if not isinstance(fields, dict) or set(fields) != {f.name for f in dataclasses.fields(cls)}:
+            raise ValueError("not a FileResult")
+        result = cls(**fields)
+        if isinstance(result.removed, dict):
+            result.removed = Counter(result.removed)
+        result._check_types()
+        return result
+
+    def _check_types(self) -> None:
+        """Every field of the type its default has; lists of strings; counts that are ints."""
+        template = FileResult("")
+        for f in dataclasses.fields(self):
+            if type(getattr(self, f.name)) is not type(getattr(template, f.name)):
+                raise ValueError(f"{f.name} is not a {type(getattr(template, f.name)).__name__}")
+        if not all(isinstance(x, str) for x in [*self.chapters, *self.warnings]):
+            raise ValueError("chapters and warnings must be strings")
+        if not all(isinstance(k, str) and type(v) is int for k, v in self.removed.items()):
+            raise ValueError("removed must map reasons to counts")
 
     def report(self, unk: int, kept: int, n_chapters: int) -> dict:
         out = {"path": self.path, "status": self.status}
@@ -62,7 +99,7 @@ class FileResult:
         return {**out, "encoding": self.encoding, "plausibility": round(self.plausibility, 4), "script": self.script,
                 "chapters": n_chapters, "chars_in": self.chars_in, "chars_kept": kept,
                 "chars_removed": {k: v for k, v in sorted(removed.items()) if v}, "undecodable_bytes":
-                self.undecodable_bytes, "unk": unk, "warnings": self.warnings}
+                self.undecodable_bytes, "lines_recoded": self.lines_recoded, "unk": unk, "warnings": self.warnings}
 
 
 def read_and_split(path: str, to_simplified: bool) -> FileResult:
@@ -76,6 +113,7 @@ def read_and_split(path: str, to_simplified: bool) -> FileResult:
         return FileResult(path, status="refused", reason=f"cannot read: {e.strerror}")
     result.encoding, result.plausibility = decoded.encoding, decoded.confidence
     result.undecodable_bytes, result.warnings = decoded.undecodable_bytes, decoded.warnings
+    result.lines_recoded = decoded.lines_recoded
     result.chars_in = sum(len(t) for t in decoded.texts)
     result.script = charsets.script_of(decoded.texts[0][:200_000])
     for text in decoded.texts:
@@ -95,8 +133,9 @@ def read_and_split(path: str, to_simplified: bool) -> FileResult:
     return result
 
 
-# The per-file result depends on these modules' code, so their bytes are part of its cache key.
-_READ_CODE = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (ingest, charsets, clean, chapters)))
+# The per-file result depends on these modules' code (this one's included), so their bytes are part of its cache key.
+_READ_CODE = hashlib.sha256(b"".join(Path(f).read_bytes() for f in (__file__, ingest.__file__, charsets.__file__,
+                                                                     clean.__file__, chapters.__file__)))
 
 
 def _read_cache_path(sha: str, to_simplified: bool, cache_root: str | None) -> Path | None:
@@ -104,35 +143,61 @@ def _read_cache_path(sha: str, to_simplified: bool, cache_root: str | None) -> P
         return None
     key = _READ_CODE.copy()
     key.update(f"{sha}|{to_simplified}".encode())
-    return Path(cache_root, "files", f"{key.hexdigest()}.pkl")
+    return Path(cache_root, "files", f"{key.hexdigest()}.json")
 
 
 def _read_job(args: tuple[str, str, bool, str | None]) -> FileResult:
     """read_and_split, memoized on disk by (file content, options, code): a warm re-run skips the cleaning."""
     path, sha, to_simplified, cache_root = args
     cached = _read_cache_path(sha, to_simplified, cache_root)
-    if cached is not None and cached.exists():
-        try:
-            result = pickle.loads(cached.read_bytes())
-            result.path = path
-            return result
-        except Exception:  # a damaged cache entry is recomputed
-            pass
-    result = read_and_split(path, to_simplified)
-    if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
-        os.replace(tmp, cached)
+    result = _load_cached(cached, path)
+    if result is None:
+        result = read_and_split(path, to_simplified)
+        _store_cached(cached, result)
     return result
 
 
+def _load_cached(cached: Path | None, path: str) -> FileResult | None:
+    """The cached result, or None when absent, damaged or not ours (then it is recomputed and overwritten)."""
+    if cached is None:
+        return None
+    try:
+        result = FileResult.from_json(cached.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError, RecursionError):
+        return None
+    result.path = path
+    return result
+
+
+def _store_cached(cached: Path | None, result: FileResult) -> None:
+    """Written atomically; a cache that cannot be written (full disk, read-only) only costs the next run time."""
+    if cached is None:
+        return
+    tmp = cached.with_suffix(f".tmp{os.getpid()}")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(result.to_json(), encoding="utf-8")
+        os.replace(tmp, cached)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
 def run(cfg: PrepareConfig) -> dict:
-    """The whole pipeline; returns the report. Raises UserError before writing anything on bad input."""
-    start = time.time()
+    """The whole pipeline; returns the report. Raises UserError before writing anything on bad input, and when
+    another prepare is writing the same output."""
     out = Path(cfg.out)
-    paths = ingest.find_inputs(cfg.inputs)
-    inputs = [{"path": str(p), "bytes": p.stat().st_size, "sha256": _file_sha256(p)} for p in paths]
+    with _disk_full_is_a_user_error(out), lock.exclusive(_sibling(out, "lock"), f"--out {out}"):
+        tag = _owner_tag()
+        _remove_leftovers(out)
+        return _run_locked(cfg, out, tag)
+
+
+def _run_locked(cfg: PrepareConfig, out: Path, tag: str) -> dict:
+    start = time.time()
+    found = ingest.find_inputs(cfg.inputs, exclude=_is_ours(out))
+    _warn_found(found)
+    inputs = [_describe_input(p) for p in found.files]
     fingerprint = _fingerprint(inputs, cfg)
     if _check_out_dir(out, fingerprint, cfg.force) == "same":
         print(f"{out} already holds this dataset (same inputs and options); nothing to do (--force rebuilds it)")
@@ -142,8 +207,7 @@ def run(cfg: PrepareConfig) -> dict:
     with _LazyPool(cfg.workers) as pool:
         results = _read_all(inputs, cfg, cache_root, pool)
         texts, owners = _dedupe(results)
-        if not texts:
-            raise UserError("no usable text in any input file: " + "; ".join(f"{r.path}: {r.reason}" for r in results))
+        _check_before_segmenting(texts, results, cfg)
         words, fresh = _segment(texts, cfg, cache, pool)
     counts: Counter = Counter()
     for ws in words:
@@ -152,14 +216,14 @@ def run(cfg: PrepareConfig) -> dict:
     ids = [np.array([vocab.mask, *vocab.ids_of_words(ws), vocab.cls], dtype=shards.dtype_for(len(vocab)))
            for ws in words]
     train, val = split_chapters(ids, cfg.val_ratio, cfg.seed, cfg.seq_len)
-    report = _report(results, texts, owners, ids, vocab, cfg)
+    report = _report(results, texts, owners, ids, vocab, found)
     manifest = {"format": FORMAT, "created_by": f"gpt-novel {__version__}", "fingerprint": fingerprint,
                 "seq_len": cfg.seq_len, "sample_len": cfg.seq_len + 1, "dtype": str(shards.dtype_for(len(vocab))),
                 "sample_field": shards.SAMPLE_FIELD, "seed": cfg.seed, "packing": shards.PACKING_RULE,
                 "tokenizer": {"dir": "tokenizer", "kind": vocab.kind, "vocab_size": len(vocab),
                               "to_simplified": vocab.to_simplified},
                 "args": {"inputs": cfg.inputs, **cfg.output_options(), "workers": cfg.workers}, "inputs": inputs}
-    tmp = _partial_dir(out)
+    tmp = _partial_dir(out, tag)
     try:
         vocab.save(tmp / "tokenizer")
         manifest["splits"] = {name: _write_split(name, [ids[i] for i in chosen], cfg, tmp)
@@ -168,12 +232,36 @@ def run(cfg: PrepareConfig) -> dict:
                                 samples={k: v["samples"] for k, v in manifest["splits"].items()})
         _write_json(tmp / REPORT, report)
         _write_json(tmp / MANIFEST, manifest)  # last: a directory with a manifest is complete
-        _publish(tmp, out)
+        _publish(tmp, out, tag)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     print_summary(report, manifest, out)
     return report
+
+
+def _warn_found(found: ingest.Found) -> None:
+    for path, reason in found.refused:
+        print(f"warning: skipping {path}: {reason}", file=sys.stderr)
+    for line in found.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def _describe_input(path: Path) -> dict:
+    """Path, size and sha256; a file that cannot be read gets its reason instead (it is refused, not fatal)."""
+    try:
+        return {"path": str(path), "bytes": path.stat().st_size, "sha256": _file_sha256(path)}
+    except OSError as e:
+        return {"path": str(path), "error": f"cannot read: {e.strerror}"}
+
+
+def _check_before_segmenting(texts: list[str], results: list[FileResult], cfg: PrepareConfig) -> None:
+    """What can be known from the cleaned text fails now, not after an hour of segmentation."""
+    if not texts:
+        raise UserError("no usable text in any input file: " + "; ".join(f"{r.path}: {r.reason}" for r in results))
+    check_val_split(len(texts), cfg.val_ratio)
+    # the vocabulary holds every character, whatever the segmentation (its words concatenate to the text)
+    check_vocab_size(len(set().union(*texts) - {"\n"}), cfg.vocab_size)
 
 
 class _LazyPool:
@@ -198,11 +286,15 @@ class _LazyPool:
 
 
 def _read_all(inputs: list[dict], cfg: PrepareConfig, cache_root: Path | None, pool: _LazyPool) -> list[FileResult]:
-    jobs = [(i["path"], i["sha256"], cfg.to_simplified, str(cache_root) if cache_root else None) for i in inputs]
+    """One result per input, in input order; a file that could not even be hashed is refused without a job."""
+    jobs = [(i["path"], i["sha256"], cfg.to_simplified, str(cache_root) if cache_root else None)
+            for i in inputs if "error" not in i]
     cached = [_read_cache_path(*job[1:]) for job in jobs]
     workers = pool.get() if not all(c is not None and c.exists() for c in cached) else None
     mapped = workers.imap(_read_job, jobs) if workers is not None else map(_read_job, jobs)
-    results = list(tqdm(mapped, total=len(jobs), desc="read+clean", unit="file", disable=None))
+    done = iter(list(tqdm(mapped, total=len(jobs), desc="read+clean", unit="file", disable=None)))
+    results = [FileResult(i["path"], status="refused", reason=i["error"]) if "error" in i else next(done)
+               for i in inputs]
     for r in results:
         if r.status != "ok":
             print(f"warning: skipping {r.path}: {r.reason}", file=sys.stderr)
@@ -238,11 +330,10 @@ def _segment(texts: list[str], cfg: PrepareConfig, cache: segment.SegmentCache, 
 def split_chapters(ids: list[np.ndarray], val_ratio: float, seed: int, seq_len: int) -> tuple[list[int], list[int]]:
     """Seeded train/val split by chapter; val gets at least one chapter and enough ids for one sample."""
     n = len(ids)
+    check_val_split(n, val_ratio)
     if val_ratio == 0:
         chosen: list[int] = []
     else:
-        if n < 2:
-            raise UserError("only one chapter in the corpus: cannot hold one out for validation (use --val-ratio 0)")
         order = list(range(n))
         random.Random(seed).shuffle(order)
         count = max(1, round(val_ratio * n))
@@ -260,6 +351,12 @@ def split_chapters(ids: list[np.ndarray], val_ratio: float, seed: int, seq_len: 
     return train, val
 
 
+def check_val_split(n_chapters: int, val_ratio: float) -> None:
+    """A validation split needs a chapter to hold out and one to train on."""
+    if val_ratio > 0 and n_chapters < 2:
+        raise UserError("only one chapter in the corpus: cannot hold one out for validation (use --val-ratio 0)")
+
+
 def _write_split(name: str, chapter_ids: list[np.ndarray], cfg: PrepareConfig, root: Path) -> dict:
     stream = np.concatenate(chapter_ids)
     samples, tail = shards.pack(stream, cfg.seq_len)
@@ -271,7 +368,7 @@ def _write_split(name: str, chapter_ids: list[np.ndarray], cfg: PrepareConfig, r
             "dropped_tail_tokens": tail, "shards": [s.to_json() for s in written]}
 
 
-def _report(results, texts, owners, ids, vocab: Vocab, cfg: PrepareConfig) -> dict:
+def _report(results, texts, owners, ids, vocab: Vocab, found: ingest.Found) -> dict:
     kept, unk, n_chapters = Counter(), Counter(), Counter()
     for text, owner, chapter in zip(texts, owners, ids, strict=True):
         kept[owner] += len(text)
@@ -280,10 +377,13 @@ def _report(results, texts, owners, ids, vocab: Vocab, cfg: PrepareConfig) -> di
     files = [r.report(unk[n], kept[n], n_chapters[n]) for n, r in enumerate(results)]
     ok = [f for f in files if f["status"] == "ok"]
     totals = {"files": len(files), "files_ok": len(ok), "files_refused": len(files) - len(ok),
+              "paths_refused": len(found.refused),
               "chapters": len(texts), "chars_in": sum(f["chars_in"] for f in ok),
               "chars_kept": sum(f["chars_kept"] for f in ok), "tokens": int(sum(len(x) for x in ids)),
               "unk": sum(unk.values()), "vocab_size": len(vocab), "tokenizer": vocab.kind}
-    return {"files": files, "totals": totals}
+    # paths_refused: directories that could not be listed and matching names that are not readable regular files
+    refused = [{"path": path, "reason": reason} for path, reason in found.refused]
+    return {"files": files, "paths_refused": refused, "input_warnings": found.warnings, "totals": totals}
 
 
 def print_summary(report: dict, manifest: dict, out: Path) -> None:
@@ -300,13 +400,14 @@ def print_summary(report: dict, manifest: dict, out: Path) -> None:
     widths = [max(_width(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c + " " * (w - _width(c)) for c, w in zip(r, widths, strict=True)).rstrip())
+    refused += [f"REFUSED {p['path']}: {p['reason']}" for p in report["paths_refused"]]
     for line in refused:
         print(line)
     t = report["totals"]
     splits = "; ".join(f"{k}: {v['chapters']} chapters, {v['samples']:,} samples, {len(v['shards'])} shard(s)"
                        for k, v in manifest["splits"].items())
-    print(f"\n{t['files_ok']} file(s) used, {t['files_refused']} refused; {t['chapters']} chapters, "
-          f"{t['chars_kept']:,} of {t['chars_in']:,} characters kept; {t['tokens']:,} tokens "
+    print(f"\n{t['files_ok']} file(s) used, {t['files_refused'] + t['paths_refused']} refused; "
+          f"{t['chapters']} chapters, {t['chars_kept']:,} of {t['chars_in']:,} characters kept; {t['tokens']:,} tokens "
           f"({t['tokenizer']} vocabulary of {t['vocab_size']:,}, {t['unk']} [UNK]); seq len {manifest['seq_len']}")
     print(f"{splits}\nwrote {out}/ (manifest.json, report.json, tokenizer/, train/, val/) in {t['seconds']} s")
 
@@ -319,7 +420,7 @@ def _width(text: str) -> int:
 # --- the output directory ---------------------------------------------------------------------------------------
 
 def _fingerprint(inputs: list[dict], cfg: PrepareConfig) -> str:
-    blob = json.dumps({"inputs": [(i["path"], i["sha256"]) for i in inputs], "options": cfg.output_options(),
+    blob = json.dumps({"inputs": [(i["path"], i.get("sha256")) for i in inputs], "options": cfg.output_options(),
                        "format": FORMAT}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -345,24 +446,87 @@ def _check_out_dir(out: Path, fingerprint: str, force: bool) -> str:
                     "pass --force to replace it or choose another directory")
 
 
-def _partial_dir(out: Path) -> Path:
-    """A fresh hidden sibling to build in; leftovers of interrupted runs (ours by name) are removed."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+def _sibling(out: Path, suffix: str) -> Path:
+    """A hidden name next to the output, owned by it: `.NAME.lock`, `.NAME.partial-OWNER`, `.NAME.old-OWNER`."""
+    out = _absolute(out)
+    return out.parent / f".{out.name}.{suffix}"
+
+
+def _absolute(out: Path) -> Path:
+    """Absolute, links not resolved: `--out data/` and `--out ./data` name the same lock and build directories."""
+    return Path(os.path.abspath(out))
+
+
+def _owner_tag() -> str:
+    """host-pid-random: build directories of two prepares never share a name, even across hosts or pid reuse."""
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', socket.gethostname())}-{os.getpid()}-{secrets.token_hex(8)}"
+
+
+def _leftover_names(out: Path) -> re.Pattern:
+    """Names of this output's build directories (no dot inside the owner: `.a.b.partial-…` belongs to `a.b`)."""
+    return re.compile(rf"\.{re.escape(_absolute(out).name)}\.(partial|old)-[\w-]*\d+(-[0-9a-f]{{16}})?")
+
+
+def _is_ours(out: Path) -> Callable[[Path], bool]:
+    """Whether a path is the output, its lock or one of its build directories: never read as input."""
+    name, parent, leftovers = _absolute(out).name, os.path.realpath(_absolute(out).parent), _leftover_names(out)
+
+    def ours(path: Path) -> bool:
+        named = path.name in (name, f".{name}.lock") or leftovers.fullmatch(path.name) is not None
+        return named and os.path.realpath(path.absolute().parent) == parent
+
+    return ours
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Build directories of earlier runs into this output, which died: with the lock held, none is still in use.
+    An old copy set aside just before a publish that never happened is the dataset itself: it is put back."""
+    parent, pattern = _absolute(out).parent, _leftover_names(out)
+    for path in sorted(parent.iterdir()) if parent.is_dir() else []:
+        match = pattern.fullmatch(path.name)
+        if match and match.group(1) == "old" and not os.path.lexists(out):
+            print(f"warning: putting back {out}, set aside by a prepare that was interrupted", file=sys.stderr)
+            path.rename(out)
+        elif match:
+            print(f"warning: removing {path}, left by a prepare that was interrupted", file=sys.stderr)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _partial_dir(out: Path, tag: str) -> Path:
+    """A fresh hidden sibling to build in, named for this run alone."""
+    tmp = _sibling(out, f"partial-{tag}")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
     tmp.mkdir()
     return tmp
 
 
-def _publish(tmp: Path, out: Path) -> None:
+def _publish(tmp: Path, out: Path, tag: str) -> None:
     if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        old = _sibling(out, f"old-{tag}")
         out.rename(old)
         tmp.rename(out)
         shutil.rmtree(old)
     else:
         tmp.rename(out)
+
+
+@contextlib.contextmanager
+def _disk_full_is_a_user_error(out: Path) -> Iterator[None]:
+    """A full disk or quota is for the user to fix: one line naming the path and the space left, no traceback."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _DISK_FULL:
+            raise
+        path = Path(e.filename or out)
+        raise UserError(f"disk full while writing {path}: {_free_bytes(path):,} bytes free") from None
+
+
+def _free_bytes(path: Path) -> int:
+    """Free space on the file system of `path` or, as it may be gone (removed with the partial build), its parent."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 def _write_json(path: Path, obj: dict) -> None:

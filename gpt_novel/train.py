@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gpt_novel import checkpoint, metrics, parallel
+from gpt_novel import checkpoint, faults, lock, metrics, parallel
 from gpt_novel.config import TrainConfig, train_config
 from gpt_novel.data.stream import ShardSet, StreamSpec, TrainStream, make_loader, val_batches
 from gpt_novel.data.vocab import Vocab
@@ -53,30 +53,54 @@ class _StopRequest:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    rank = parallel.rank_from_env()
+    rank, world = parallel.rank_from_env(), parallel.world_size_from_env()
     try:
         cfg, _ = train_config(argv)
-        cfg.validate(parallel.world_size_from_env())
+        cfg.validate(world)
+        holder = _claim_run_dir(cfg) if rank == 0 else None
     except UserError as e:  # before any process group: every rank stops, rank 0 says why
         if rank == 0:
-            print(f"gpt-novel train: error: {e}", file=sys.stderr)
+            print(f"{PROGRAM}: error: {e}", file=sys.stderr)
+            faults.record_status(2)
         return 2
     parallel.single_process_env()
-    try:
-        code = Trainer(cfg).run()
-    except UserError as e:  # raised on every rank alike (a refused resume, a config DeepSpeed rejects)
+    release = functools.partial(lock.release, _lock_path(cfg), holder) if holder else lambda: None
+    with faults.fail_fast(PROGRAM, rank, world, cleanup=release) as watchdog:
+        code = Trainer(cfg, watchdog).run()
         if rank == 0:
-            print(f"gpt-novel train: error: {e}", file=sys.stderr)
-        code = 2
-    parallel.shutdown()  # not after an unexpected exception: the other ranks may never reach the barrier
+            faults.record_status(code)
+        watchdog.stop()
+        parallel.shutdown()
+    release()
     return code
 
 
+PROGRAM = "gpt-novel train"
+
+
+def _lock_path(cfg: TrainConfig) -> Path:
+    return Path(cfg.run_dir) / ".lock"
+
+
+def _claim_run_dir(cfg: TrainConfig) -> dict:
+    """Rank 0, before any process group: the run directory is writable and this run its only writer."""
+    run_dir = Path(cfg.run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--run-dir {run_dir} is not writable: {faults.os_error_line(e)}") from None
+    return lock.acquire(_lock_path(cfg), f"run directory {run_dir}")
+
+
 class Trainer:
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, watchdog: faults.Watchdog):
         self.cfg = cfg
-        self.stop = _StopRequest()
         self.accelerator = parallel.make_accelerator(cfg)
+        watchdog.watch()
+        self.stop = _StopRequest()  # only now: until here a launcher's SIGTERM ends the process as by default
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
         self.run_dir = Path(cfg.run_dir)
@@ -89,6 +113,8 @@ class Trainer:
         _seed_everything(cfg.seed)
         model = build_model(cfg, self.vocab)
         self.n_params = count_params(model)
+        if self.is_main:
+            checkpoint.check_space(self.run_dir, self.n_params)
         optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                       betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=True)
         self.scheduler = _cosine_schedule(optimizer, cfg)
@@ -116,7 +142,7 @@ class Trainer:
         if cfg.resume == "never":
             return fresh, None
         if cfg.resume == "auto":
-            path = checkpoint.find_latest(self.run_dir, warn=self._say)
+            path = checkpoint.find_latest(self.run_dir, warn=self._say, check=checkpoint.verify)
             if path is None:
                 return fresh, None
         else:

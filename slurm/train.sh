@@ -21,6 +21,11 @@
 # whose training finished (RUN_DIR/DONE) does not requeue. A stop file is used instead of forwarding the signal
 # because the launchers (torchrun) die of USR1 and kill their workers on TERM after a grace period.
 #
+# Exit status (what `bash slurm/train.sh` inside an allocation returns, and the job's when it does not requeue): the
+# trainer's own, recorded by whichever rank decided it (torchrun turns every non-zero status into 1): 0 finished,
+# 75 stopped with a checkpoint (resume me), 2 bad input or config, 1 any other failure. A failure on any rank ends
+# every rank within seconds.
+#
 #SBATCH --job-name=gpt-novel
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=1
@@ -43,10 +48,12 @@ GPUS=$(nvidia-smi -L 2>/dev/null | wc -l)
 PROCS_PER_NODE=${PROCS_PER_NODE:-$([ "$GPUS" -gt 0 ] && echo "$GPUS" || echo 1)}
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
-export REPO PYTHON PRESET DATA RUN_DIR DS_CONFIG PROCS_PER_NODE MASTER_ADDR MASTER_PORT
+# the trainer's exit status, recorded by the rank that decided it (see gpt_novel/faults.py: record_status)
+GPT_NOVEL_STATUS_FILE="$RUN_DIR/.status-${SLURM_JOB_ID}-${SLURM_RESTART_COUNT:-0}"
+export REPO PYTHON PRESET DATA RUN_DIR DS_CONFIG PROCS_PER_NODE MASTER_ADDR MASTER_PORT GPT_NOVEL_STATUS_FILE
 cd "$REPO" || exit 1
 mkdir -p "$RUN_DIR"
-rm -f "$RUN_DIR/STOP"
+rm -f "$RUN_DIR/STOP" "$GPT_NOVEL_STATUS_FILE"
 
 log() { echo "[slurm/train.sh $(date +%T)] job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0}: $*"; }
 latest=$(ls -d "$RUN_DIR"/checkpoints/step-* 2>/dev/null | tail -n 1)
@@ -76,11 +83,15 @@ while true; do
   kill -0 "$srun_pid" 2>/dev/null || break
 done
 
-if [ -f "$RUN_DIR/DONE" ]; then
+if [ -f "$GPT_NOVEL_STATUS_FILE" ]; then
+  status=$(cat "$GPT_NOVEL_STATUS_FILE")
+  rm -f "$GPT_NOVEL_STATUS_FILE"
+fi
+if [ "$status" = 0 ] && [ -f "$RUN_DIR/DONE" ]; then
   log "training finished (status $status)"
   exit 0
 fi
-if [ "$stop_requested" = 1 ]; then
+if [ "$stop_requested" = 1 ] && [ "$status" = 75 ]; then
   log "checkpoint saved; requeueing"
   scontrol requeue "$SLURM_JOB_ID"   # ends this script at once; the job starts again and resumes
   sleep 60

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import codecs
+import errno
 import json
+import os
 import random
 from pathlib import Path
 
@@ -160,13 +162,13 @@ def test_big5_is_never_decoded_as_gb_nor_gbk_as_big5(simplified, traditional, ch
     simp = encodable(_excerpts(simplified)[chapter], "gbk")
     trad = encodable(_excerpts(traditional)[chapter], "big5")
 
-    encoding, text, _, errors = detect_and_decode(simp.encode("gbk"))
-    assert encoding in ("gbk", "gb18030")
-    assert (text, errors) == (simp, 0)
+    got = detect_and_decode(simp.encode("gbk"))
+    assert got.encoding in ("gbk", "gb18030")
+    assert (got.text, got.undecodable_bytes, got.lines_recoded) == (simp, 0, 0)
 
-    encoding, text, _, errors = detect_and_decode(trad.encode("big5"))
-    assert encoding in ("big5", "cp950", "big5hkscs")
-    assert (text, errors) == (trad, 0)
+    got = detect_and_decode(trad.encode("big5"))
+    assert got.encoding in ("big5", "cp950", "big5hkscs")
+    assert (got.text, got.undecodable_bytes, got.lines_recoded) == (trad, 0, 0)
 
 
 def test_big5_sample_decodes_as_gb18030_too_so_detection_matters(traditional):
@@ -321,7 +323,7 @@ def test_find_inputs_is_recursive_filtered_and_sorted(tmp_path):
     for ignored in ("notes.md", "cover.png", "sub/readme", "sub/data.json.bak"):
         (tmp_path / ignored).write_bytes(b"x")
     found = find_inputs([str(tmp_path)])
-    assert found == sorted((tmp_path / n for n in names), key=str)
+    assert found.files == sorted((tmp_path / n for n in names), key=str)
 
 
 def test_find_inputs_merges_several_inputs_without_duplicates(tmp_path):
@@ -329,13 +331,14 @@ def test_find_inputs_merges_several_inputs_without_duplicates(tmp_path):
     a, b = tmp_path / "a.txt", tmp_path / "sub" / "b.txt"
     a.write_text("甲", encoding="utf-8")
     b.write_text("乙", encoding="utf-8")
-    assert find_inputs([str(b), str(tmp_path), str(a)]) == [a, b]
+    found = find_inputs([str(b), str(tmp_path), str(a)])
+    assert (found.files, found.refused, found.warnings) == ([a, b], [], [])
 
 
 def test_find_inputs_takes_a_named_file_whatever_its_suffix(tmp_path):
     f = tmp_path / "novel.text"
     f.write_text("正文", encoding="utf-8")
-    assert find_inputs([str(f)]) == [f]
+    assert find_inputs([str(f)]).files == [f]
 
 
 def test_find_inputs_without_text_files_is_a_user_error(tmp_path):
@@ -349,3 +352,103 @@ def test_find_inputs_missing_path_is_a_user_error(tmp_path):
     missing = tmp_path / "nope"
     with pytest.raises(UserError, match="input not found"):
         find_inputs([str(missing)])
+
+
+def test_find_inputs_follows_a_symlinked_directory_once_and_warns_of_a_loop(tmp_path):
+    outside, inputs = tmp_path / "outside", tmp_path / "in"
+    (outside / "deep").mkdir(parents=True)
+    inputs.mkdir()
+    (outside / "deep" / "a.txt").write_text("正文", encoding="utf-8")
+    (inputs / "b.txt").write_text("正文", encoding="utf-8")
+    (inputs / "books").symlink_to(outside, target_is_directory=True)
+    (outside / "deep" / "up").symlink_to(outside, target_is_directory=True)  # a loop: books/deep/up → books
+    (inputs / "more").symlink_to(outside / "deep", target_is_directory=True)  # a second way into deep
+    found = find_inputs([str(inputs)])
+    assert found.files == [inputs / "b.txt", inputs / "books" / "deep" / "a.txt"]
+    assert found.refused == []
+    assert found.warnings == [
+        f"{inputs}/books/deep/up: symbolic link loop back to {inputs}/books; not followed",
+        f"{inputs}/more: the same directory as {inputs}/books/deep (symbolic link); read once",
+    ]
+
+
+def test_find_inputs_refuses_a_pipe_named_txt_without_opening_it(tmp_path):
+    (tmp_path / "novel.txt").write_text("正文", encoding="utf-8")
+    os.mkfifo(tmp_path / "pipe.txt")  # opening it would block for ever: it must be refused from its type
+    (tmp_path / "dangling.txt").symlink_to(tmp_path / "gone.txt")
+    found = find_inputs([str(tmp_path)])
+    assert found.files == [tmp_path / "novel.txt"]
+    assert dict(found.refused) == {str(tmp_path / "pipe.txt"): "not a regular file (a pipe, socket or device)",
+                                   str(tmp_path / "dangling.txt"): "broken symbolic link"}
+
+
+def test_find_inputs_refuses_a_directory_it_cannot_list(tmp_path, monkeypatch):
+    """Root lists a chmod 000 directory anyway, so the refusal of the system call is simulated."""
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "hidden.txt").write_text("正文", encoding="utf-8")
+    (tmp_path / "novel.txt").write_text("正文", encoding="utf-8")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == tmp_path / "locked":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    found = find_inputs([str(tmp_path)])
+    assert found.files == [tmp_path / "novel.txt"]
+    assert found.refused == [(str(tmp_path / "locked"), "cannot list the directory: Permission denied")]
+
+
+def test_find_inputs_leaves_out_what_the_caller_excludes(tmp_path):
+    for name in ("novel.txt", "data/tokenizer/vocab.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("正文", encoding="utf-8")
+    found = find_inputs([str(tmp_path)], exclude=lambda p: p.name == "data")
+    assert found.files == [tmp_path / "novel.txt"]
+
+
+# --- files that mix encodings -------------------------------------------------------------------------------------
+
+
+def _mixed(text: str, major: str, minor: str, every: int = 10) -> tuple[bytes, list[str]]:
+    """The text's lines in `major`, every `every`-th long line in `minor` instead; returns the bytes and those lines."""
+    lines = encodable(encodable(text, major), minor).split("\n")
+    chosen = [i for i, line in enumerate(lines) if len(line) > 20][::every]
+    data = b"\n".join(line.encode(minor if i in chosen else major) for i, line in enumerate(lines))
+    return data, [lines[i] for i in chosen]
+
+
+@pytest.mark.parametrize(("major", "minor"), [("gbk", "utf-8"), ("big5", "utf-8"), ("utf-8", "gbk"),
+                                              ("utf-8", "big5")])
+def test_lines_in_another_encoding_are_decoded_as_what_they_are(simplified, traditional, major, minor):
+    text = traditional if "big5" in (major, minor) else simplified
+    data, other = _mixed(text, major, minor)
+    legacy = major if minor == "utf-8" else minor
+    assert fails_strictly(data, "utf-8")
+    got = detect_and_decode(data)
+    assert got.text == encodable(encodable(text, major), minor)  # no mojibake, nothing lost
+    assert (got.encoding, got.lines_recoded, got.recoded_as, got.undecodable_bytes) == (major, len(other), minor, 0)
+    wrong = other[0].encode(minor).decode(legacy if minor == "utf-8" else "utf-8", errors="replace")
+    assert wrong != other[0] and wrong not in got.text
+
+
+def test_read_file_warns_of_mixed_encodings(tmp_path, simplified):
+    data, other = _mixed(simplified, "gbk", "utf-8")
+    decoded = read_file(write(tmp_path, "mixed.txt", data))
+    assert decoded.lines_recoded == len(other)
+    assert decoded.warnings == [f"{len(other)} line(s) decoded as utf-8: the file mixes encodings"]
+
+
+def test_legacy_line_that_happens_to_be_valid_utf8_stays_legacy(simplified):
+    """GBK bytes that are also valid UTF-8 (which then gives Cyrillic, Greek …): the file's own encoding wins."""
+    both = [ch for ch in encodable(simplified, "gb2312") if _valid_utf8(ch.encode("gbk"))]
+    assert len(both) >= 3
+    line = "".join(both[:6])
+    data = encodable(simplified, "gbk").encode("gbk") + b"\n" + line.encode("gbk") + b"\n"
+    got = detect_and_decode(data)
+    assert got.encoding == "gbk" and got.lines_recoded == 0 and got.text.endswith(line + "\n")
+
+
+def _valid_utf8(data: bytes) -> bool:
+    return not fails_strictly(data, "utf-8")

@@ -8,9 +8,15 @@ plausible Chinese (see `charsets.plausibility`) and clearly better than the othe
 from __future__ import annotations
 
 import codecs
+import contextlib
+import itertools
 import json
+import os
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from gpt_novel.data import charsets
 from gpt_novel.errors import UserError
@@ -29,6 +35,17 @@ MIN_MARGIN = 0.1
 MAX_ERROR_SHARE = 0.01
 
 
+class Decoding(NamedTuple):
+    """How the bytes became text; `lines_recoded` lines of a mixed file were decoded as `recoded_as` instead."""
+
+    encoding: str
+    text: str
+    plausibility: float
+    undecodable_bytes: int
+    lines_recoded: int = 0
+    recoded_as: str = ""
+
+
 class RefusedFile(Exception):
     """A file that cannot be read with confidence; the run goes on without it and lists it in the report."""
 
@@ -43,23 +60,110 @@ class Decoded:
     confidence: float
     undecodable_bytes: int = 0
     warnings: list[str] = field(default_factory=list)
+    lines_recoded: int = 0
 
 
-def find_inputs(inputs: list[str]) -> list[Path]:
+@dataclass
+class Found:
+    """What the walk over the inputs found: files to read, paths it could not use (with why), warnings."""
+
+    files: list[Path] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def find_inputs(inputs: list[str], exclude: Callable[[Path], bool] = lambda path: False) -> Found:
     """Every .txt/.json/.jsonl under the inputs, sorted so that the order (and so the output) never depends on the
-    file system."""
-    found: list[Path] = []
+    file system. Nothing is skipped silently: a directory that cannot be listed, or a matching name that is not a
+    readable regular file, is refused with its reason. Symbolic links to directories are followed once (a loop is
+    a warning, not a hang). `exclude` leaves out paths the caller owns (the output being written)."""
+    found: Found = Found()
+    visited: dict[tuple[int, int], Path] = {}
     for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found.extend(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES + JSON_SUFFIXES)
-        elif p.is_file():
-            found.append(p)
-        else:
-            raise UserError(f"input not found: {item}")
-    if not found:
-        raise UserError(f"no .txt, .json or .jsonl files under: {' '.join(inputs)}")
-    return sorted(set(found), key=lambda f: str(f))
+        if not exclude(Path(item)):
+            _add_input(Path(item), found, visited, exclude)
+    if not found.files:
+        refused = "".join(f"; {path}: {reason}" for path, reason in found.refused)
+        raise UserError(f"no .txt, .json or .jsonl files under: {' '.join(inputs)}{refused}")
+    found.files = sorted(set(found.files), key=str)
+    found.refused.sort()
+    return found
+
+
+def _add_input(path: Path, found: Found, visited: dict, exclude: Callable[[Path], bool]) -> None:
+    """A file named on the command line is taken whatever its suffix; a directory is searched."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise UserError(f"input not found: {path}") from None
+    except OSError as e:
+        found.refused.append((str(path), f"cannot read: {e.strerror}"))
+        return
+    if stat.S_ISDIR(mode):
+        _walk(path, found, visited, exclude)
+    elif stat.S_ISREG(mode):
+        found.files.append(path)
+    else:
+        found.refused.append((str(path), "not a regular file (a pipe, socket or device)"))
+
+
+def _walk(root: Path, found: Found, visited: dict, exclude: Callable[[Path], bool]) -> None:
+    """Depth first in name order, following symbolic links to directories once each."""
+    stack = [root]
+    while stack:
+        directory = stack.pop()
+        if not _first_visit(directory, directory is root, found, visited):
+            continue
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            found.refused.append((str(directory), f"cannot list the directory: {e.strerror}"))
+            continue
+        subdirs = []
+        for entry in entries:
+            path, kind = Path(entry.path), _kind(entry)
+            if exclude(path):
+                continue
+            if kind == "directory":
+                subdirs.append(path)
+            elif path.suffix.lower() in TEXT_SUFFIXES + JSON_SUFFIXES:
+                if kind == "file":
+                    found.files.append(path)
+                else:
+                    found.refused.append((str(path), kind))
+        stack.extend(reversed(subdirs))
+
+
+def _kind(entry: os.DirEntry) -> str:
+    """'directory', 'file' (regular, links followed), or why the entry is neither."""
+    try:
+        if entry.is_dir():
+            return "directory"
+        if entry.is_file():
+            return "file"
+        if entry.is_symlink() and not os.path.exists(entry.path):
+            return "broken symbolic link"
+    except OSError as e:
+        return f"cannot read: {e.strerror}"
+    return "not a regular file (a pipe, socket or device)"
+
+
+def _first_visit(directory: Path, top: bool, found: Found, visited: dict[tuple[int, int], Path]) -> bool:
+    """True the first time a directory (by device and inode) is met; a link back to an ancestor is a loop."""
+    try:
+        st = directory.stat()
+    except OSError as e:
+        found.refused.append((str(directory), f"cannot read: {e.strerror}"))
+        return False
+    first = visited.setdefault((st.st_dev, st.st_ino), directory)
+    if first is directory:
+        return True
+    if first in directory.parents:
+        found.warnings.append(f"{directory}: symbolic link loop back to {first}; not followed")
+    elif not top:  # the same directory named twice on the command line needs no warning
+        found.warnings.append(f"{directory}: the same directory as {first} (symbolic link); read once")
+    return False
 
 
 def read_file(path: Path) -> Decoded:
@@ -67,37 +171,88 @@ def read_file(path: Path) -> Decoded:
     data = path.read_bytes()
     if not data.strip():
         raise RefusedFile("empty file")
-    encoding, text, confidence, errors = detect_and_decode(data)
-    if not text.strip():
+    got = detect_and_decode(data)
+    if not got.text.strip():
         raise RefusedFile("empty file (only a byte-order mark or whitespace)")
-    decoded = Decoded(str(path), [text], encoding, confidence, errors)
-    if errors:
-        decoded.warnings.append(f"{errors} undecodable byte(s) as {encoding}; removed and counted")
+    decoded = Decoded(str(path), [got.text], got.encoding, got.plausibility, got.undecodable_bytes,
+                      lines_recoded=got.lines_recoded)
+    if got.undecodable_bytes:
+        decoded.warnings.append(f"{got.undecodable_bytes} undecodable byte(s) as {got.encoding}; removed and counted")
+    if got.lines_recoded:
+        decoded.warnings.append(f"{got.lines_recoded} line(s) decoded as {got.recoded_as}: the file mixes encodings")
     if path.suffix.lower() in JSON_SUFFIXES:
-        decoded.texts = [t for t in _json_articles(text, path) if t.strip()]
+        decoded.texts = [t for t in _json_articles(got.text, path) if t.strip()]
         if not decoded.texts:
             raise RefusedFile("no articles (the JSON holds no non-empty text)")
     return decoded
 
 
-def detect_and_decode(data: bytes) -> tuple[str, str, float, int]:
-    """Return (encoding, text, plausibility, undecodable byte count). Raises RefusedFile when not confident."""
+def detect_and_decode(data: bytes) -> Decoding:
+    """Decode the bytes, judging the encoding by the text. Raises RefusedFile when not confident."""
     bom = _bom_decode(data)
     if bom is not None:
-        return bom
+        return Decoding(*bom)
     if b"\x00" in data[:65536]:
         utf16 = _utf16_without_bom(data)
         if utf16 is not None:
-            return utf16
+            return Decoding(*utf16)
         raise RefusedFile("binary file (contains NUL bytes), not text")
     if _control_share(data[:65536]) > 0.05:
         raise RefusedFile("binary file (many control bytes), not text")
     try:
         text = data.decode("utf-8")
-        return "utf-8", text, charsets.plausibility(text), 0
+        return Decoding("utf-8", text, charsets.plausibility(text), 0)
     except UnicodeDecodeError:
         pass
-    return _best_family(data)
+    return _legacy_or_mixed(data)
+
+
+def _legacy_or_mixed(data: bytes) -> Decoding:
+    """Bytes that are not all UTF-8: one legacy family, or UTF-8 lines among the lines of one legacy family (a file
+    pieced together from several downloads). Then each line is decoded as what it is, so neither part becomes
+    mojibake, as the whole file decoded as either encoding would. (A line break is one byte that never occurs
+    inside a multi-byte character of these encodings, so cutting at line breaks cuts no character.)"""
+    lines = data.splitlines(keepends=True)
+    utf8 = {i for i, line in enumerate(lines) if _plausible_utf8(line)}
+    if utf8:
+        legacy = b"".join(line for i, line in enumerate(lines) if i not in utf8)
+        with contextlib.suppress(RefusedFile):  # then the whole file is judged, as when no line is UTF-8
+            codec = _best_family(legacy)[0]
+            if codec != "utf-8":  # else damaged UTF-8, which the whole-file judgement counts
+                return _decode_lines(lines, {i for i in utf8 if _better_as_utf8(lines[i], codec)}, codec)
+    return Decoding(*_best_family(data))
+
+
+def _plausible_utf8(line: bytes) -> bool:
+    if line.isascii():
+        return False
+    try:
+        return charsets.plausibility(line.decode("utf-8")) >= MIN_PLAUSIBILITY
+    except UnicodeDecodeError:
+        return False
+
+
+def _better_as_utf8(line: bytes, codec: str) -> bool:
+    """A line that is plausible Chinese as UTF-8 and clearly less so in the file's legacy encoding."""
+    legacy, errors = _decode_counting(line, codec)
+    legacy_score = charsets.plausibility(legacy) - errors / max(1, len(legacy))
+    return charsets.plausibility(line.decode("utf-8")) - legacy_score >= MIN_MARGIN
+
+
+def _decode_lines(lines: list[bytes], as_utf8: set[int], codec: str) -> Decoding:
+    """Runs of UTF-8 lines as UTF-8, the rest as `codec`; the encoding named is that of most non-ASCII lines."""
+    parts, errors = [], 0
+    for is_utf8, run in itertools.groupby(range(len(lines)), key=as_utf8.__contains__):
+        chunk = b"".join(lines[i] for i in run)
+        text, bad = (chunk.decode("utf-8"), 0) if is_utf8 else _decode_counting(chunk, codec)
+        parts.append(text)
+        errors += bad
+    text = "".join(parts)
+    score = charsets.plausibility(text) - errors / max(1, len(text))
+    legacy_lines = sum(1 for i, line in enumerate(lines) if i not in as_utf8 and not line.isascii())
+    if legacy_lines >= len(as_utf8):
+        return Decoding(codec, text, score, errors, len(as_utf8), "utf-8")
+    return Decoding("utf-8", text, score, errors, legacy_lines, codec)
 
 
 def _bom_decode(data: bytes) -> tuple[str, str, float, int] | None:

@@ -89,6 +89,8 @@ def _cut(chunk: str) -> list[str]:
 
 class SegmentCache:
     """One file per segmented chapter under `root`, named by the hash of (segmenter, text); written atomically.
+    Entries are plain text (words joined by SEP), used only if they join to the very text asked for (a damaged
+    entry is cut again); nothing read from the cache is ever executed or unpickled.
 
     The segmenter id holds thulac's version and a hash of this module, so a change to either starts afresh.
     """
@@ -115,13 +117,18 @@ class SegmentCache:
         return words if "".join(words) == text else None
 
     def put(self, text: str, words: list[str]) -> None:
+        """Written atomically; a cache that cannot be written (full disk, read-only) only costs the next run time."""
         if self.root is None:
             return
         path = self._path(self.key(text))
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(SEP.join(words), encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(SEP.join(words), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 def default_cache_dir() -> Path:

@@ -16,11 +16,15 @@ shard), so any number of shards works with any number of ranks and workers.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
+import hashlib
 import io
 import json
 import os
 import signal
+import sys
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,18 +33,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpt_novel.data.segment import default_cache_dir
 from gpt_novel.data.shards import SAMPLE_FIELD
 from gpt_novel.errors import UserError
 
 
 class ShardSet:
-    """The shards of one split, as listed in the manifest, with random access to any sample."""
+    """The shards of one split, as listed in the manifest, with random access to any sample.
 
-    def __init__(self, root: Path, shards: list[dict], sample_len: int):
+    A shard is checked against the manifest's sha256 before this process first reads it (a digest already checked
+    for the same file, unchanged since by inode, size, mtime and ctime, is remembered in the user's cache, so a
+    rerun does not read every shard twice), and every sample's ids against the vocabulary size: a missing,
+    truncated, altered or foreign shard is a `UserError` naming it, never a silent or cryptic failure."""
+
+    def __init__(self, root: Path, shards: list[dict], sample_len: int, vocab_size: int):
         self.root = root
         self.paths = [root / s["path"] for s in shards]
+        self.digests = [s["sha256"] for s in shards]
         self.counts = np.array([s["samples"] for s in shards], dtype=np.int64)
-        self.sample_len = sample_len
+        self.sample_len, self.vocab_size = sample_len, vocab_size
         self._offsets: dict[int, list[int]] = {}
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
@@ -51,7 +62,8 @@ class ShardSet:
         manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
         if split not in manifest["splits"]:
             raise UserError(f"{root} has no {split} split")
-        return cls(root, manifest["splits"][split]["shards"], manifest["sample_len"])
+        return cls(root, manifest["splits"][split]["shards"], manifest["sample_len"],
+                   manifest["tokenizer"]["vocab_size"])
 
     @property
     def total(self) -> int:
@@ -62,21 +74,70 @@ class ShardSet:
         if os.getpid() != self._pid:  # a forked DataLoader worker opens its own files
             self._fds, self._pid = {}, os.getpid()
         offsets = self._member_offsets(shard)
-        fd = self._fds.get(shard)
-        if fd is None:
-            fd = self._fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
         start, size = offsets[index]
-        return np.load(io.BytesIO(os.pread(fd, size, start)), allow_pickle=False)
+        try:
+            fd = self._fds.get(shard)
+            if fd is None:
+                fd = self._fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
+            sample = np.load(io.BytesIO(os.pread(fd, size, start)), allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise self._damaged(shard, f"cannot read sample {index} ({e})") from None
+        if sample.size and int(sample.max()) >= self.vocab_size:
+            raise self._damaged(shard, f"sample {index} holds token id {int(sample.max())}, beyond the vocabulary "
+                                f"of {self.vocab_size}")
+        return sample
 
     def _member_offsets(self, shard: int) -> list[tuple[int, int]]:
         if shard not in self._offsets:
-            with tarfile.open(self.paths[shard], "r:") as tar:
-                found = [(m.offset_data, m.size) for m in tar if m.name.endswith("." + SAMPLE_FIELD)]
+            self._verify(shard)
+            try:
+                with tarfile.open(self.paths[shard], "r:") as tar:
+                    found = [(m.offset_data, m.size) for m in tar if m.name.endswith("." + SAMPLE_FIELD)]
+            except (OSError, tarfile.TarError) as e:
+                raise self._damaged(shard, f"not a readable tar ({e})") from None
             if len(found) != self.counts[shard]:
-                raise UserError(f"{self.paths[shard]} holds {len(found)} samples, the manifest says "
-                                f"{self.counts[shard]}: the data directory is damaged; prepare it again")
+                raise self._damaged(shard, f"holds {len(found)} samples, the manifest says {self.counts[shard]}")
             self._offsets[shard] = found
         return self._offsets[shard]
+
+    def _verify(self, shard: int) -> None:
+        path, digest = self.paths[shard], self.digests[shard]
+        try:
+            seen = _verified_marker(path, digest)
+            if seen.exists():
+                return
+            actual = sha256_file(path)
+        except FileNotFoundError:
+            raise self._damaged(shard, "is missing") from None
+        except OSError as e:
+            raise self._damaged(shard, f"cannot be read ({e.strerror})") from None
+        if actual != digest:
+            raise self._damaged(shard, f"has sha256 {actual[:12]}…, the manifest says {digest[:12]}… (altered or "
+                                "truncated)")
+        with contextlib.suppress(OSError):
+            seen.parent.mkdir(parents=True, exist_ok=True)
+            seen.touch()
+
+    def _damaged(self, shard: int, what: str) -> UserError:
+        name = self.paths[shard].relative_to(self.root)
+        return UserError(f"shard {name} of {self.root} {what}: the data directory is damaged; prepare it again")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verified_marker(path: Path, digest: str) -> Path:
+    """An empty file in the user's cache whose name says "this exact file (inode, size, mtime, ctime) was checked
+    against this digest"; any change to the file changes its ctime, and so the name. Nothing in it is ever read."""
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{digest}"
+    name = hashlib.sha256(key.encode()).hexdigest()
+    return default_cache_dir() / "verified-shards" / name[:2] / name
 
 
 @dataclass(frozen=True)
@@ -130,12 +191,17 @@ class TrainStream(torch.utils.data.IterableDataset):
     def batch(self, g: int) -> torch.Tensor:
         return torch.from_numpy(self.rows(g))
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def __iter__(self) -> Iterator[np.ndarray | _Failure]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         g = self.start + worker
         while True:
-            yield self.rows(g)
+            try:
+                rows = self.rows(g)
+            except UserError as e:  # handed over as a value: a worker's exception reaches the trainer re-worded,
+                yield _Failure(str(e))  # with the worker's traceback inside its message
+                return
+            yield rows
             g += workers
 
 
@@ -152,6 +218,13 @@ def _sample_order(count: int, seed: int, epoch: int, shard: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 1, shard]).permutation(count)
 
 
+@dataclass(frozen=True)
+class _Failure:
+    """A data error met in a DataLoader worker, raised again as a one-line UserError in the trainer."""
+
+    message: str
+
+
 class _Tensors:
     """The DataLoader's arrays as LongTensors (a view, no copy), converted in the trainer's process."""
 
@@ -159,7 +232,10 @@ class _Tensors:
         self.loader = loader
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        return (torch.from_numpy(rows) for rows in self.loader)
+        for rows in self.loader:
+            if isinstance(rows, _Failure):
+                raise UserError(rows.message)
+            yield torch.from_numpy(rows)
 
 
 def make_loader(stream: TrainStream, num_workers: int) -> _Tensors:
@@ -173,7 +249,7 @@ def make_loader(stream: TrainStream, num_workers: int) -> _Tensors:
         generator=torch.Generator().manual_seed(stream.spec.seed),
         prefetch_factor=4 if num_workers else None,
         persistent_workers=False,
-        worker_init_fn=_ignore_stop_signals,
+        worker_init_fn=_worker_init,
     ))
 
 
@@ -182,11 +258,17 @@ def _as_is(rows: np.ndarray) -> np.ndarray:
     return rows
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
+def _worker_init(worker_id: int) -> None:
     """Slurm and `kill -- -PGID` signal every process of the job: the trainer handles SIGTERM/SIGUSR1 (finish the
-    step, save, exit) and its data workers must live on until it shuts them down."""
+    step, save, exit) and its data workers must live on until it shuts them down. Since they ignore SIGTERM, they
+    ask the kernel to SIGKILL them when the trainer dies, however it dies (no orphaned workers)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def val_batches(shards: ShardSet, rank: int, world_size: int, micro_batch_size: int,

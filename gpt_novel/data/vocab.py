@@ -35,16 +35,21 @@ def build_tokens(words: Counter, kind: str, vocab_size: int) -> list[str]:
             for ch in word:
                 chars[ch] += n
     chars.pop("\n", None)
-    if len(chars) + len(SPECIAL_TOKENS) > vocab_size:
-        raise UserError(
-            f"--vocab-size {vocab_size} is too small: the corpus has {len(chars)} distinct characters, so it must be "
-            f"at least {len(chars) + len(SPECIAL_TOKENS)}"
-        )
+    check_vocab_size(len(chars), vocab_size)
     tokens = list(SPECIAL_TOKENS) + sorted(chars, key=lambda c: (-chars[c], c))
     if kind == "word":
         multi = sorted((w for w in words if len(w) > 1 and words[w] > 1), key=lambda w: (-words[w], w))
         tokens += multi[: vocab_size - len(tokens)]
     return tokens
+
+
+def check_vocab_size(distinct_chars: int, vocab_size: int) -> None:
+    """The vocabulary holds the specials and every character of the corpus (newline aside), whatever else."""
+    if distinct_chars + len(SPECIAL_TOKENS) > vocab_size:
+        raise UserError(
+            f"--vocab-size {vocab_size} is too small: the corpus has {distinct_chars} distinct characters, so it must "
+            f"be at least {distinct_chars + len(SPECIAL_TOKENS)}"
+        )
 
 
 class Vocab:

@@ -1,0 +1,167 @@
+"""When anything fails on any rank, every rank ends within seconds, each failure told in one line.
+
+Why the collectives' own timeouts are not enough: a rank that raises while the others sit in an all-reduce leaves
+them waiting for gloo's or NCCL's timeout (minutes), and torchrun SIGKILLs the survivors only 30 s after a SIGTERM
+that the trainer takes as "checkpoint and stop". So the failing rank first publishes its failure in the process
+group's key-value store (the TCPStore every rank already talks to; torchrun hosts it in its agent, so it outlives
+any rank), and a watchdog thread on every rank polls that key and ends its process at once.
+
+A process ends with `os._exit` after SIGKILLing its DataLoader workers: a normal interpreter exit joins workers that
+ignore SIGTERM (they must, see `stream.make_loader`) and waits for the process group, which never comes.
+
+Exit status: 2 for a `UserError` (bad input: a damaged shard, a refused resume), 1 for anything else (a full disk,
+a bug; a bug keeps its traceback). Every rank of a failed job exits with the failing rank's status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+
+import torch.distributed as dist
+
+from gpt_novel.errors import UserError
+
+KEY = "gpt_novel/failure"
+POLL_S = 0.5
+GRACE_S = 1.0
+STATUS_ENV = "GPT_NOVEL_STATUS_FILE"
+
+
+def describe(exc: BaseException) -> tuple[int, str]:
+    """(exit status, one line) for an exception that ends the job."""
+    if isinstance(exc, UserError):
+        return 2, str(exc)
+    if isinstance(exc, OSError):
+        return 1, os_error_line(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, "interrupted"
+    return 1, f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def os_error_line(e: OSError) -> str:
+    """'No space left on device: runs/x/…/optim_states.pt (12 MB free)' rather than a traceback."""
+    path = e.filename or ""
+    line = f"{e.strerror or e}: {path}" if path else str(e.strerror or e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) and path:
+        line += f" ({_free(path)} free on that file system)"
+    return line
+
+
+def _free(path: str) -> str:
+    for p in (path, os.path.dirname(path), "."):
+        with contextlib.suppress(OSError):
+            return f"{shutil.disk_usage(p or '.').free / 1e6:,.1f} MB"
+    return "unknown"
+
+
+def end_process(code: int) -> None:
+    """Kill this process's DataLoader workers and leave at once (no atexit joins, no barrier)."""
+    for child in multiprocessing.active_children():
+        with contextlib.suppress(OSError):
+            child.kill()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+class Watchdog:
+    """Publishes this rank's failure and ends this rank when another one has published one."""
+
+    def __init__(self, program: str, rank: int, world: int, cleanup: Callable[[], None] = lambda: None):
+        self.program, self.rank, self.world, self.cleanup = program, rank, world, cleanup
+        self._store = None
+        self._stop = threading.Event()
+
+    def watch(self) -> None:
+        """Start polling, once the process group exists (a world of one has nobody to watch)."""
+        if self.world > 1 and dist.is_initialized():
+            self._store = dist.distributed_c10d._get_default_store()
+            threading.Thread(target=self._poll, name="gpt-novel-watchdog", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(POLL_S):
+            failure = self._published()
+            if failure is not None and not self._stop.is_set():
+                self._end(failure["code"])
+
+    def _published(self) -> dict | None:
+        try:
+            if self._store is not None and self._store.check([KEY]):
+                return json.loads(self._store.get(KEY))
+        except Exception:  # the store is gone: the launcher is ending the job anyway
+            self._stop.set()
+        return None
+
+    def fail(self, exc: BaseException) -> None:
+        """Report exc in one line (a bug also with its traceback), tell the other ranks, end this process.
+
+        A rank other than 0 first waits a moment for a failure published elsewhere: an error every rank meets alike
+        (a refused resume) is then told once, by rank 0, and a peer's broken connection is not told at all."""
+        if self._store is None and self.world > 1 and dist.is_initialized():
+            self._store = dist.distributed_c10d._get_default_store()
+        earlier = self._wait_for_published(0.0 if self.rank == 0 else GRACE_S)
+        if earlier is not None and earlier["rank"] != self.rank:  # a consequence of another rank's failure
+            self._end(earlier["code"])
+        code, line = describe(exc)
+        if code == 1 and not isinstance(exc, OSError):
+            traceback.print_exception(exc)
+        where = f" on rank {self.rank}" if self.world > 1 else ""
+        print(f"{self.program}: error{where}: {line}", file=sys.stderr)
+        if self._store is not None:
+            with contextlib.suppress(Exception):
+                self._store.set(KEY, json.dumps({"rank": self.rank, "code": code, "line": line}))
+        record_status(code)
+        self._end(code)
+
+    def _end(self, code: int) -> None:
+        with contextlib.suppress(Exception):
+            self.cleanup()  # e.g. release the run directory's lock
+        end_process(code)
+
+    def _wait_for_published(self, seconds: float) -> dict | None:
+        deadline = time.monotonic() + seconds
+        while True:
+            failure = self._published()
+            if failure is not None or time.monotonic() >= deadline:
+                return failure
+            time.sleep(0.05)
+
+
+def record_status(code: int) -> None:
+    """Tell `gpt-novel launch` (or slurm/train.sh) the job's exit status, which torchrun and accelerate turn into 1:
+    the first process to record one wins (O_EXCL)."""
+    path = os.environ.get(STATUS_ENV)
+    if not path:
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.write(fd, f"{code}\n".encode())
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def fail_fast(program: str, rank: int, world: int, cleanup: Callable[[], None] = lambda: None) -> Iterator[Watchdog]:
+    """`with fail_fast(...) as dog:` any exception inside ends this rank and, through the store, every rank;
+    `cleanup` runs first on every path that ends the process."""
+    dog = Watchdog(program, rank, world, cleanup)
+    try:
+        yield dog
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        dog.fail(exc)
+    finally:
+        dog.stop()

@@ -1,0 +1,74 @@
+"""`gpt-novel launch LAUNCHER ARGS…`: run torchrun or `accelerate launch` so that the caller gets the trainer's status.
+
+    gpt-novel launch torchrun --nproc_per_node 2 -m gpt_novel.train --config tiny --data data --run-dir runs/x
+    gpt-novel launch accelerate launch --config_file launch/zero2.yaml -m gpt_novel.train --data data --run-dir runs/x
+
+Why: torchrun and accelerate exit 1 whenever a worker exits non-zero (75 included), print a traceback when signalled,
+and die of SIGUSR1, so a wrapper cannot tell "preempted, resume me" from a crash. Here the launcher runs in a session
+of its own; SIGTERM, SIGUSR1 and SIGINT become RUN_DIR/STOP (the trainer's own stop request: every rank finishes its
+step and saves), a second one is passed to the launcher as SIGTERM; and the exit status is the one the trainer
+recorded (0 done, 75 preempted, 2 bad input, 1 failure, see `faults.record_status`), else the launcher's own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from gpt_novel.faults import STATUS_ENV
+from gpt_novel.train import STOP_FILE
+
+USAGE = "usage: gpt-novel launch torchrun|accelerate|python … -m gpt_novel.train … --run-dir RUN_DIR …"
+
+
+def run_dir_of(argv: list[str]) -> Path | None:
+    """The trainer's --run-dir in a launcher command line (None when it comes from a YAML config only)."""
+    for i, arg in enumerate(argv):
+        if arg in ("--run-dir", "--run_dir") and i + 1 < len(argv):
+            return Path(argv[i + 1])
+        if arg.startswith(("--run-dir=", "--run_dir=")):
+            return Path(arg.split("=", 1)[1])
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__ if argv else USAGE, file=sys.stderr if not argv else sys.stdout)
+        return 0 if argv else 2
+    with tempfile.TemporaryDirectory(prefix="gpt-novel-launch-") as tmp:
+        status = Path(tmp) / "status"
+        proc = subprocess.Popen(argv, env={**os.environ, STATUS_ENV: str(status)}, start_new_session=True)
+        _forward_signals(proc, run_dir_of(argv))
+        code = _wait(proc)
+        recorded = status.read_text().strip() if status.exists() else ""
+    return int(recorded) if recorded.lstrip("-").isdigit() else code
+
+
+def _forward_signals(proc: subprocess.Popen, run_dir: Path | None) -> None:
+    asked = []
+
+    def handle(signum, frame) -> None:
+        if run_dir is not None and not asked:
+            print(f"gpt-novel launch: {signal.Signals(signum).name}: asking the trainer to checkpoint and stop "
+                  f"({run_dir / STOP_FILE})", file=sys.stderr, flush=True)
+            (run_dir / STOP_FILE).touch()
+        elif proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        asked.append(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, handle)
+
+
+def _wait(proc: subprocess.Popen) -> int:
+    code = proc.wait()
+    return 128 - code if code < 0 else code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,307 @@
+"""Faults on real processes (torchrun, 2 ranks, CPU): every rank ends within seconds, with one line naming the
+cause and the right status, and no process is left behind; one writer per run directory; nothing loaded from a
+checkpoint runs code; the caller of `gpt-novel launch` gets 75 after a graceful stop, however it was asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import COMMON, ROOT, STEPS, run_command, train_command, train_env, train_lines
+
+from gpt_novel import checkpoint, consolidate
+from gpt_novel.data.stream import ShardSet, StreamSpec, TrainStream, sha256_file
+from gpt_novel.errors import UserError
+
+pytestmark = pytest.mark.slow
+LAUNCH = [sys.executable, "-m", "gpt_novel.launch"]
+
+
+def leftovers(marker: str) -> list[str]:
+    """Command lines of live processes that mention marker (the run directory): the whole tree of a run, launcher,
+    ranks and DataLoader workers, whatever their sessions."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmd and state != "Z":
+            found.append(f"{proc.name}: {cmd}")
+    return found
+
+
+def assert_no_leftovers(marker: str) -> None:
+    deadline = time.time() + 5
+    while leftovers(marker) and time.time() < deadline:
+        time.sleep(0.2)
+    assert leftovers(marker) == []
+
+
+def run_until_exit(cmd: list[str], log: Path, error_mark: str = "error") -> tuple[int, float]:
+    """Run cmd (output to a file); return its status and the seconds from the first error line to its exit."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=train_env(), stdout=out, stderr=subprocess.STDOUT)
+    seen = None
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline:
+        if seen is None and f"gpt-novel train: {error_mark}" in log.read_text():
+            seen = time.time()
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.kill()
+        raise AssertionError("the run did not end: " + log.read_text()[-3000:])
+    return proc.returncode, time.time() - (seen or time.time())
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("gpt-novel train: error")]
+
+
+def rank_only_shard(data: Path, rank: int, steps: int) -> str:
+    """A train shard that `rank` reads in its first micro-batch and the other rank not in its first `steps` steps
+    (it prefetches a few micro-batches before it waits for rank 1 in the first all-reduce)."""
+    shards = ShardSet.load(data, "train")
+    streams = [TrainStream(shards, StreamSpec(1234, r, 2, 4, 2)) for r in (0, 1)]
+    others = {s for g in range(steps * 2) for s, _ in streams[1 - rank].sample_ids(g)}
+    mine = [s for s, _ in streams[rank].sample_ids(0) if s not in others]
+    assert mine, "no shard read by one rank only"
+    return str(shards.paths[mine[0]].relative_to(data))
+
+
+def _rewrite_manifest_digest(data: Path, rel: str) -> None:
+    manifest = json.loads((data / "manifest.json").read_text())
+    for shard in manifest["splits"]["train"]["shards"]:
+        if shard["path"] == rel:
+            shard["sha256"] = sha256_file(data / rel)
+    (data / "manifest.json").write_text(json.dumps(manifest))
+
+
+def damage(data: Path, rel: str, how: str) -> str:
+    """Damage one shard; returns what the error line must say."""
+    path = data / rel
+    raw = bytearray(path.read_bytes())
+    if how == "deleted":
+        path.unlink()
+        return "is missing"
+    if how == "truncated":
+        path.write_bytes(raw[: len(raw) // 2])
+        return "altered or truncated"
+    if how == "altered":  # same size, one id changed
+        raw[len(raw) // 2] ^= 0x01
+        path.write_bytes(raw)
+        return "altered or truncated"
+    # out of vocabulary: a valid shard, listed with its digest, holding an id beyond the vocabulary
+    start = raw.index(b"\x93NUMPY")
+    header = 10 + int.from_bytes(raw[start + 8 : start + 10], "little")
+    raw[start + header : start + header + 2] = (65000).to_bytes(2, "little")
+    path.write_bytes(raw)
+    _rewrite_manifest_digest(data, rel)
+    return "holds token id 65000, beyond the vocabulary"
+
+
+@pytest.mark.parametrize("how", ["deleted", "truncated", "altered", "out-of-vocabulary"])
+def test_a_damaged_shard_on_rank_1_only_ends_every_rank(train_data, tmp_path, how):
+    data = tmp_path / "data"
+    shutil.copytree(train_data, data)
+    rel = rank_only_shard(data, rank=1, steps=6)  # rank 0 gets no further
+    expected = damage(data, rel, how)
+    run_dir = tmp_path / "run"
+    code, seconds = run_until_exit(LAUNCH + train_command(data, run_dir, 2), tmp_path / "log")
+    out = (tmp_path / "log").read_text()
+    assert code == 2, out[-3000:]  # bad input, through torchrun, told by `gpt-novel launch`
+    lines = error_lines(out)
+    assert len(lines) == 1 and lines[0].startswith(f"gpt-novel train: error on rank 1: shard {rel} of {data} "), out
+    assert expected in lines[0] and lines[0].endswith("the data directory is damaged; prepare it again")
+    assert f'File "{ROOT / "gpt_novel"}' not in out  # no traceback through our code (torchrun prints its own)
+    assert seconds < 30, seconds
+    assert_no_leftovers(str(run_dir))
+    print(f"{how}: every rank ended {seconds:.1f} s after the error line")
+
+
+def test_one_process_with_workers_ends_on_a_missing_shard(train_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(train_data, data)
+    for shard in (data / "train").glob("*.tar"):
+        shard.unlink()
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "gpt_novel", "train", *COMMON, "--data", str(data), "--run-dir", str(run_dir),
+           "--num-workers", "2"]
+    code, seconds = run_until_exit(cmd, tmp_path / "log")
+    out = (tmp_path / "log").read_text()
+    assert code == 2 and len(error_lines(out)) == 1 and "is missing" in out, out[-3000:]
+    assert "Traceback" not in out and seconds < 30
+    assert_no_leftovers(str(run_dir))
+    assert not (run_dir / ".lock").exists()  # released on the failure path too
+
+
+def _mount_tmpfs(path: Path, size: int, *options: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    opts = ",".join([f"size={size}", *options])
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True).returncode == 0
+
+
+def _umount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_an_unwritable_run_dir_is_refused_before_the_process_group(train_data, tmp_path):
+    ro = tmp_path / "ro"
+    if _mount_tmpfs(ro, 1 << 20, "ro"):
+        run_dir = ro / "run"
+    else:  # no mount here (not root): a path under a regular file is as unwritable
+        (tmp_path / "file").write_text("")
+        run_dir = tmp_path / "file" / "run"
+    try:
+        start = time.time()
+        result = run_command(LAUNCH + train_command(train_data, run_dir, 2))
+    finally:
+        _umount(ro)
+    out = result.stdout + result.stderr
+    assert result.returncode == 2, out[-3000:]
+    assert len(error_lines(out)) == 1 and f"--run-dir {run_dir} is not writable" in out
+    assert "DeepSpeed" not in out and time.time() - start < 30
+    assert_no_leftovers(str(run_dir))
+
+
+def test_a_full_disk_during_a_save_ends_every_rank(train_data, zero_runs, tmp_path):
+    one = sum(f.stat().st_size for f in (zero_runs[2] / "checkpoints" / f"step-{STEPS:08d}").rglob("*"))
+    mnt = tmp_path / "small"
+    if not _mount_tmpfs(mnt, int(one * 1.6)):
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        run_dir = mnt / "run"
+        code, seconds = run_until_exit(LAUNCH + train_command(train_data, run_dir, 2), tmp_path / "log")
+        out = (tmp_path / "log").read_text()
+        assert code == 1, out[-3000:]
+        lines = error_lines(out)
+        assert len(lines) == 1 and "No space left on device" in lines[0] and str(run_dir) in lines[0], out[-3000:]
+        assert seconds < 30
+        assert_no_leftovers(str(run_dir))
+        assert checkpoint.find_latest(run_dir) == run_dir / "checkpoints" / "step-00000006"  # the first one is intact
+    finally:
+        _umount(mnt)
+
+
+def test_two_trainers_on_one_run_dir(train_data, zero_runs, tmp_path):
+    run_dir = tmp_path / "run"
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(train_command(train_data, run_dir, 2), cwd=ROOT, env=train_env(), stdout=log,
+                                 stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while not (run_dir / ".lock").exists() and time.time() < deadline:  # the first is starting
+        time.sleep(0.05)
+    second = run_command(train_command(train_data, run_dir, 2))
+    assert second.returncode != 0
+    lines = error_lines(second.stderr)
+    assert len(lines) == 1 and f"run directory {run_dir} is in use by pid" in lines[0] and "remove" in lines[0], lines
+    assert first.wait(timeout=240) == 0, (tmp_path / "first.log").read_text()[-3000:]
+    assert train_lines(run_dir) == train_lines(zero_runs[2])  # the first run unharmed: no interleaved lines
+    assert not (run_dir / ".lock").exists()
+
+
+@pytest.mark.parametrize("how", ["SIGTERM to gpt-novel launch", "SIGTERM to torchrun", "SIGTERM to rank 1",
+                                 "STOP file"])
+def test_a_graceful_stop_reaches_the_caller_as_75(train_data, tmp_path, how):
+    run_dir = tmp_path / "run"
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.Popen(LAUNCH + train_command(train_data, run_dir, 2), cwd=ROOT, env=train_env(),
+                                stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 180
+    while time.time() < deadline and '"step": 8,' not in _text(run_dir / "metrics.jsonl"):
+        time.sleep(0.05)
+    if how == "SIGTERM to gpt-novel launch":
+        proc.send_signal(signal.SIGTERM)
+    elif how == "STOP file":
+        (run_dir / "STOP").touch()
+    elif how == "SIGTERM to torchrun":
+        os.kill(_pids(run_dir, lambda cmd, env: cmd.startswith(sys.executable + " -m torch.distributed.run"))[0],
+                signal.SIGTERM)
+    else:  # the rank itself, not one of its DataLoader workers (same command line, RANK in the environment too)
+        rank1 = _pids(run_dir, lambda cmd, env: "gpt_novel.train" in cmd and "RANK=1" in env)
+        os.kill(min(rank1), signal.SIGTERM)  # the rank started before the workers it forked
+    code = proc.wait(timeout=180)
+    out = (tmp_path / "log").read_text()
+    assert code == 75, out[-3000:]
+    assert "stop requested" in out and checkpoint.find_latest(run_dir) is not None
+    assert_no_leftovers(str(run_dir))
+
+
+def _pids(run_dir: Path, wanted) -> list[int]:
+    found = []
+    for line in leftovers(str(run_dir)):
+        pid, cmd = line.split(": ", 1)
+        env = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+        if wanted(cmd, env):
+            found.append(int(pid))
+    return found
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+class _Planted:
+    """A pickle that, if ever unpickled, creates a file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_planted_pickles_in_a_checkpoint_never_run(zero_runs, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(zero_runs[2] / "checkpoints" / f"step-{STEPS:08d}", ckpt)
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Planted(marker))
+    for name in (checkpoint.STATE, "rng-rank00000.json", "trainer_state.pt", "rng-rank00000.pt"):
+        (ckpt / name).write_bytes(payload)
+    with pytest.raises(ValueError, match="trainer_state.json is unreadable"):
+        checkpoint.load_state(ckpt)
+    with pytest.raises(ValueError):
+        checkpoint.restore_rng(ckpt, 0)
+    with pytest.raises(UserError, match="cannot be used"):  # refused before DeepSpeed unpickles anything
+        consolidate.consolidate(ckpt, tmp_path / "hf")
+    assert not marker.exists()
+
+
+def test_same_size_damage_in_a_checkpoint_is_named(zero_runs, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(zero_runs[2], run_dir)
+    newest = run_dir / "checkpoints" / f"step-{STEPS:08d}"
+    victim = sorted((newest / "ds").glob("*optim_states.pt"))[0]
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    victim.write_bytes(raw)
+    assert checkpoint.find_latest(run_dir) == newest  # sizes alone cannot tell
+    warnings = []
+    found = checkpoint.find_latest(run_dir, warn=warnings.append, check=checkpoint.verify)
+    assert found == run_dir / "checkpoints" / f"step-{STEPS - 6:08d}"
+    assert warnings == [f"warning: skipping checkpoint {newest.name}: ds/{victim.name} does not match its sha256 "
+                        "(damaged)"]
+
+
+def test_rng_state_round_trips_through_json(tmp_path):
+    import random
+
+    import torch
+
+    (tmp_path / "rng-rank00000.json").write_text(json.dumps(checkpoint.rng_state()))
+    expected = (random.random(), float(np.random.rand()), torch.rand(3).tolist())
+    checkpoint.restore_rng(tmp_path, 0)
+    assert (random.random(), float(np.random.rand()), torch.rand(3).tolist()) == expected
