@@ -145,6 +145,7 @@ def test_one_process_with_workers_ends_on_a_missing_shard(train_data, tmp_path):
     assert code == 2 and len(error_lines(out)) == 1 and "is missing" in out, out[-3000:]
     assert "Traceback" not in out and seconds < 30
     assert_no_leftovers(str(run_dir))
+    print(f"one process, 2 workers, missing shard: ended {seconds:.1f} s after the error line")
     assert not (run_dir / ".lock").exists()  # released on the failure path too
 
 
@@ -173,7 +174,7 @@ def test_an_unwritable_run_dir_is_refused_before_the_process_group(train_data, t
     out = result.stdout + result.stderr
     assert result.returncode == 2, out[-3000:]
     assert len(error_lines(out)) == 1 and f"--run-dir {run_dir} is not writable" in out
-    assert "DeepSpeed" not in out and time.time() - start < 30
+    assert "parameters, ZeRO" not in out and time.time() - start < 30  # training never started
     assert_no_leftovers(str(run_dir))
 
 
@@ -191,6 +192,7 @@ def test_a_full_disk_during_a_save_ends_every_rank(train_data, zero_runs, tmp_pa
         assert len(lines) == 1 and "No space left on device" in lines[0] and str(run_dir) in lines[0], out[-3000:]
         assert seconds < 30
         assert_no_leftovers(str(run_dir))
+        print(f"disk full during a save: every rank ended {seconds:.1f} s after the error line")
         assert checkpoint.find_latest(run_dir) == run_dir / "checkpoints" / "step-00000006"  # the first one is intact
     finally:
         _umount(mnt)

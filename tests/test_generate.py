@@ -15,7 +15,7 @@ import torch
 from conftest import ROOT, STEPS, train_env
 
 from gpt_novel import consolidate, evaluate, generate
-from gpt_novel.data.stream import ShardSet
+from gpt_novel.data.stream import ShardSet, sha256_file
 from gpt_novel.data.vocab import Vocab
 
 
@@ -80,7 +80,7 @@ def test_consolidate_errors(zero_runs, tmp_path, capsys):
     vocab = older / "tokenizer" / "vocab.txt"
     vocab.write_text(vocab.read_text(encoding="utf-8") + "多余\n", encoding="utf-8")  # another vocabulary
     marker = json.loads((older / "COMPLETE.json").read_text())
-    marker["files"]["tokenizer/vocab.txt"] = vocab.stat().st_size
+    marker["files"]["tokenizer/vocab.txt"] = {"bytes": vocab.stat().st_size, "sha256": sha256_file(vocab)}
     (older / "COMPLETE.json").write_text(json.dumps(marker))
     assert consolidate.main([str(run), str(tmp_path / "o")]) == 2
     assert "another vocabulary" in capsys.readouterr().err
