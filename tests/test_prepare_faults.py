@@ -10,6 +10,7 @@ import io
 import json
 import os
 import pickle
+import pickletools
 import socket
 import subprocess
 import sys
@@ -71,14 +72,15 @@ class _Evil:
 
 def test_a_planted_pickle_in_the_cache_is_never_executed(tmp_path, sample_text):
     inputs, cache = _novel(tmp_path, sample_text), tmp_path / "cache"
-    canary, marker = tmp_path / "canary", tmp_path / "pwned"
-    pickle.loads(pickle.dumps(_Evil(canary)))
-    assert canary.exists()  # the payload really runs when unpickled
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Evil(marker))
+    ops = [(op.name, arg) for op, arg, _ in pickletools.genops(payload)]  # read, never run
+    assert ("SHORT_BINUNICODE", "open") in ops and ("REDUCE", None) in ops  # a call of open() when unpickled
     sha = hashlib.sha256((inputs / "novel.txt").read_bytes()).hexdigest()
     entry = prepare._read_cache_path(sha, False, str(cache))
     entry.parent.mkdir(parents=True)
     for path in (entry, entry.with_suffix(".pkl")):  # where prepare reads, and the name it used to read
-        path.write_bytes(pickle.dumps(_Evil(marker)))
+        path.write_bytes(payload)
     assert run_prepare([inputs], tmp_path / "d", cache, *FAST) == 0
     assert not marker.exists()
     assert _report(tmp_path / "d")["files"][0]["chapters"] == 6
