@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from gpt_novel.data.stream import sha256_file
-from gpt_novel.errors import UserError
+from gpt_novel.data.shards import sha256_file
+from gpt_novel.errors import UserError, free_bytes
 
 MARKER = "COMPLETE.json"
 STATE = "trainer_state.json"
@@ -93,8 +93,7 @@ def _write_failure(tmp: Path, e: Exception) -> OSError:
     if isinstance(e, OSError) and e.filename:
         return e
     reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-    free = shutil.disk_usage(tmp.parent).free if tmp.parent.exists() else 0
-    code = errno.ENOSPC if free < 1 << 20 else getattr(e, "errno", None) or errno.EIO
+    code = errno.ENOSPC if free_bytes(tmp) < 1 << 20 else getattr(e, "errno", None) or errno.EIO
     text = os.strerror(errno.ENOSPC) if code == errno.ENOSPC else f"could not write the checkpoint ({reason})"
     return OSError(code, text, str(tmp))
 

@@ -16,11 +16,9 @@ a bug; a bug keeps its traceback). Every rank of a failed job exits with the fai
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import multiprocessing
 import os
-import shutil
 import sys
 import threading
 import time
@@ -29,7 +27,7 @@ from collections.abc import Callable, Iterator
 
 import torch.distributed as dist
 
-from gpt_novel.errors import UserError
+from gpt_novel.errors import UserError, os_error_line
 
 KEY = "gpt_novel/failure"
 POLL_S = 0.5
@@ -46,22 +44,6 @@ def describe(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, KeyboardInterrupt):
         return 130, "interrupted"
     return 1, f"{type(exc).__name__}: {exc}".splitlines()[0]
-
-
-def os_error_line(e: OSError) -> str:
-    """'No space left on device: runs/x/…/optim_states.pt (12 MB free)' rather than a traceback."""
-    path = e.filename or ""
-    line = f"{e.strerror or e}: {path}" if path else str(e.strerror or e)
-    if e.errno in (errno.ENOSPC, errno.EDQUOT) and path:
-        line += f" ({_free(path)} free on that file system)"
-    return line
-
-
-def _free(path: str) -> str:
-    for p in (path, os.path.dirname(path), "."):
-        with contextlib.suppress(OSError):
-            return f"{shutil.disk_usage(p or '.').free / 1e6:,.1f} MB"
-    return "unknown"
 
 
 def end_process(code: int) -> None:
@@ -84,9 +66,13 @@ class Watchdog:
 
     def watch(self) -> None:
         """Start polling, once the process group exists (a world of one has nobody to watch)."""
-        if self.world > 1 and dist.is_initialized():
-            self._store = dist.distributed_c10d._get_default_store()
+        self._store = self._group_store()
+        if self._store is not None:
             threading.Thread(target=self._poll, name="gpt-novel-watchdog", daemon=True).start()
+
+    def _group_store(self):
+        """The process group's key-value store, or None in a world of one or before the group exists."""
+        return dist.distributed_c10d._get_default_store() if self.world > 1 and dist.is_initialized() else None
 
     def stop(self) -> None:
         self._stop.set()
@@ -110,8 +96,7 @@ class Watchdog:
 
         A rank other than 0 first waits a moment for a failure published elsewhere: an error every rank meets alike
         (a refused resume) is then told once, by rank 0, and a peer's broken connection is not told at all."""
-        if self._store is None and self.world > 1 and dist.is_initialized():
-            self._store = dist.distributed_c10d._get_default_store()
+        self._store = self._store or self._group_store()
         earlier = self._wait_for_published(0.0 if self.rank == 0 else GRACE_S)
         if earlier is not None and earlier["rank"] != self.rank:  # a consequence of another rank's failure
             self._end(earlier["code"])

@@ -36,7 +36,7 @@ from gpt_novel import __version__, lock
 from gpt_novel.config import PrepareConfig, parse_size
 from gpt_novel.data import chapters, charsets, clean, ingest, segment, shards
 from gpt_novel.data.vocab import UNK, Vocab, build_tokens, check_vocab_size
-from gpt_novel.errors import UserError
+from gpt_novel.errors import UserError, free_bytes
 
 MANIFEST = "manifest.json"
 REPORT = "report.json"
@@ -250,7 +250,7 @@ def _warn_found(found: ingest.Found) -> None:
 def _describe_input(path: Path) -> dict:
     """Path, size and sha256; a file that cannot be read gets its reason instead (it is refused, not fatal)."""
     try:
-        return {"path": str(path), "bytes": path.stat().st_size, "sha256": _file_sha256(path)}
+        return {"path": str(path), "bytes": path.stat().st_size, "sha256": shards.sha256_file(path)}
     except OSError as e:
         return {"path": str(path), "error": f"cannot read: {e.strerror}"}
 
@@ -519,19 +519,9 @@ def _disk_full_is_a_user_error(out: Path) -> Iterator[None]:
         if e.errno not in _DISK_FULL:
             raise
         path = Path(e.filename or out)
-        raise UserError(f"disk full while writing {path}: {_free_bytes(path):,} bytes free") from None
-
-
-def _free_bytes(path: Path) -> int:
-    """Free space on the file system of `path` or, as it may be gone (removed with the partial build), its parent."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return shutil.disk_usage(path).free
+        raise UserError(f"disk full while writing {path}: {free_bytes(path):,} bytes free") from None
 
 
 def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -30,7 +30,7 @@ from gpt_novel import checkpoint, faults, lock, metrics, parallel
 from gpt_novel.config import TrainConfig, train_config
 from gpt_novel.data.stream import ShardSet, StreamSpec, TrainStream, make_loader, val_batches
 from gpt_novel.data.vocab import Vocab
-from gpt_novel.errors import UserError
+from gpt_novel.errors import UserError, os_error_line
 from gpt_novel.model import build_model, count_params, heldout_metrics, heldout_sums, param_groups
 
 EXIT_PREEMPTED = 75
@@ -91,7 +91,7 @@ def _claim_run_dir(cfg: TrainConfig) -> dict:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise UserError(f"--run-dir {run_dir} is not writable: {faults.os_error_line(e)}") from None
+        raise UserError(f"--run-dir {run_dir} is not writable: {os_error_line(e)}") from None
     return lock.acquire(_lock_path(cfg), f"run directory {run_dir}")
 
 

@@ -93,8 +93,9 @@ if [ "$status" = 0 ] && [ -f "$RUN_DIR/DONE" ]; then
 fi
 if [ "$stop_requested" = 1 ] && [ "$status" = 75 ]; then
   log "checkpoint saved; requeueing"
-  scontrol requeue "$SLURM_JOB_ID"   # ends this script at once; the job starts again and resumes
-  sleep 60
+  # ends this script at once; the job starts again and resumes. It fails in an interactive allocation (salloc):
+  # then the caller gets 75 below.
+  scontrol requeue "$SLURM_JOB_ID" && sleep 60
 fi
 log "trainer exited with status $status"
 exit "$status"

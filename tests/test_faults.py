@@ -20,7 +20,8 @@ import pytest
 from conftest import COMMON, ROOT, STEPS, run_command, train_command, train_env, train_lines
 
 from gpt_novel import checkpoint, consolidate
-from gpt_novel.data.stream import ShardSet, StreamSpec, TrainStream, sha256_file
+from gpt_novel.data.shards import sha256_file
+from gpt_novel.data.stream import ShardSet, StreamSpec, TrainStream
 from gpt_novel.errors import UserError
 
 pytestmark = pytest.mark.slow

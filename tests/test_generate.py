@@ -15,7 +15,8 @@ import torch
 from conftest import ROOT, STEPS, train_env
 
 from gpt_novel import consolidate, evaluate, generate
-from gpt_novel.data.stream import ShardSet, sha256_file
+from gpt_novel.data.shards import sha256_file
+from gpt_novel.data.stream import ShardSet
 from gpt_novel.data.vocab import Vocab
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -107,3 +108,30 @@ def test_torchrun_two_launchers_on_loopback(train_data, zero_runs, tmp_path):
                                       stderr=subprocess.DEVNULL))
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     assert train_lines(run_dir) == train_lines(zero_runs[2])
+
+
+@needs_slurm
+@pytest.mark.parametrize("how", ["STOP file", "USR1", "TERM"])
+def test_bash_train_sh_in_an_allocation_returns_75_after_a_graceful_stop(train_data, tmp_path, how):
+    """Inside an interactive allocation the job cannot requeue: the caller of `bash slurm/train.sh` gets 75."""
+    run_dir, log = tmp_path / "run", tmp_path / "out.log"
+    env = dict(train_env(), PRESET="tiny", DATA=str(train_data), RUN_DIR=str(run_dir), PROCS_PER_NODE="1",
+               DS_CONFIG=str(ROOT / "ds_configs" / "zero2.json"), REPO=str(ROOT), PYTHON=sys.executable)
+    cmd = ["salloc", "--nodes", "2", "--cpus-per-task", "1", "bash", str(ROOT / "slurm" / "train.sh"), *COMMON[2:]]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    metrics = run_dir / "metrics.jsonl"
+    while time.time() < deadline and not (metrics.exists() and '"step": 8,' in metrics.read_text()):
+        assert proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.1)
+    if how == "STOP file":
+        (run_dir / "STOP").touch()
+    else:
+        script = subprocess.run(["pgrep", "-f", f"^bash {ROOT / 'slurm' / 'train.sh'}"], capture_output=True,
+                                text=True).stdout.split()
+        os.kill(int(script[0]), getattr(signal, f"SIG{how}"))
+    assert proc.wait(timeout=240) == 75, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "trainer exited with status 75" in text and "stop requested" in text
+    assert (run_dir / "checkpoints").is_dir() and not (run_dir / "DONE").exists()

@@ -82,7 +82,7 @@ def write_shards(samples: np.ndarray, out_dir: Path, split: str, per_shard: int,
         with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
             for offset, sample in enumerate(chunk):
                 _add_member(tar, f"{split}-{start + offset:09d}.{SAMPLE_FIELD}", _npy_bytes(sample))
-        shards.append(ShardInfo(str(path.relative_to(root)), len(chunk), len(chunk) * seq_len, _sha256(path)))
+        shards.append(ShardInfo(str(path.relative_to(root)), len(chunk), len(chunk) * seq_len, sha256_file(path)))
     return shards
 
 
@@ -93,7 +93,8 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The digest that decides whether a file is intact (shards, checkpoint files, inputs), read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

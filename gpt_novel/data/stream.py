@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from gpt_novel.data.segment import default_cache_dir
-from gpt_novel.data.shards import SAMPLE_FIELD
+from gpt_novel.data.shards import SAMPLE_FIELD, sha256_file
 from gpt_novel.errors import UserError
 
 
@@ -121,14 +121,6 @@ class ShardSet:
     def _damaged(self, shard: int, what: str) -> UserError:
         name = self.paths[shard].relative_to(self.root)
         return UserError(f"shard {name} of {self.root} {what}: the data directory is damaged; prepare it again")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _verified_marker(path: Path, digest: str) -> Path:
