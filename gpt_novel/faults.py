@@ -32,6 +32,7 @@ from gpt_novel.errors import UserError, os_error_line
 KEY = "gpt_novel/failure"
 POLL_S = 0.5
 GRACE_S = 1.0
+STORE_TRIES = 4  # polls in a row without an answer before the launcher counts as gone
 STATUS_ENV = "GPT_NOVEL_STATUS_FILE"
 
 
@@ -65,31 +66,51 @@ class Watchdog:
         self._stop = threading.Event()
 
     def watch(self) -> None:
-        """Start polling, once the process group exists (a world of one has nobody to watch)."""
+        """Start polling, once the process group exists."""
         self._store = self._group_store()
         if self._store is not None:
             threading.Thread(target=self._poll, name="gpt-novel-watchdog", daemon=True).start()
 
     def _group_store(self):
-        """The process group's key-value store, or None in a world of one or before the group exists."""
-        return dist.distributed_c10d._get_default_store() if self.world > 1 and dist.is_initialized() else None
+        """The process group's key-value store (torchrun's, or the process's own in a plain run), or None before the
+        group exists."""
+        return dist.distributed_c10d._get_default_store() if dist.is_initialized() else None
 
     def stop(self) -> None:
         self._stop.set()
 
     def _poll(self) -> None:
+        """Every POLL_S: a failure published elsewhere ends this rank; so does a store that stopped answering
+        (the launcher that hosts it was killed): a rank never outlives its job as an orphan."""
+        unanswered = 0
         while not self._stop.wait(POLL_S):
-            failure = self._published()
-            if failure is not None and not self._stop.is_set():
+            try:
+                failure, unanswered = self._published(), 0
+            except Exception:
+                failure, unanswered = None, unanswered + 1
+            if self._stop.is_set():
+                return
+            if failure is not None:
                 self._end(failure["code"])
+            if unanswered >= STORE_TRIES:
+                self._say("the launcher is gone (its store does not answer); stopping")
+                self._end(1)
 
     def _published(self) -> dict | None:
-        try:
-            if self._store is not None and self._store.check([KEY]):
-                return json.loads(self._store.get(KEY))
-        except Exception:  # the store is gone: the launcher is ending the job anyway
-            self._stop.set()
+        """The failure some rank published, or None; raises when the store does not answer."""
+        if self._store is not None and self._store.check([KEY]):
+            return json.loads(self._store.get(KEY))
         return None
+
+    def _published_or_none(self) -> dict | None:
+        try:
+            return self._published()
+        except Exception:  # the store is gone: the job is ending anyway
+            return None
+
+    def _say(self, line: str) -> None:
+        where = f" on rank {self.rank}" if self.world > 1 else ""
+        print(f"{self.program}: error{where}: {line}", file=sys.stderr)
 
     def fail(self, exc: BaseException) -> None:
         """Report exc in one line (a bug also with its traceback), tell the other ranks, end this process.
@@ -103,8 +124,7 @@ class Watchdog:
         code, line = describe(exc)
         if code == 1 and not isinstance(exc, OSError):
             traceback.print_exception(exc)
-        where = f" on rank {self.rank}" if self.world > 1 else ""
-        print(f"{self.program}: error{where}: {line}", file=sys.stderr)
+        self._say(line)
         if self._store is not None:
             with contextlib.suppress(Exception):
                 self._store.set(KEY, json.dumps({"rank": self.rank, "code": code, "line": line}))
@@ -119,7 +139,7 @@ class Watchdog:
     def _wait_for_published(self, seconds: float) -> dict | None:
         deadline = time.monotonic() + seconds
         while True:
-            failure = self._published()
+            failure = self._published_or_none()
             if failure is not None or time.monotonic() >= deadline:
                 return failure
             time.sleep(0.05)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,29 @@ def zero_runs(train_data, tmp_path_factory) -> dict[int, Path]:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         runs[stage] = run_dir
     return runs
+
+
+# --- the process tree of a run -----------------------------------------------------------------------------
+
+def leftovers(marker: str) -> list[str]:
+    """Command lines of live processes that mention marker (the run directory): the whole tree of a run, launcher,
+    ranks and DataLoader workers, whatever their sessions."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmd and state != "Z":
+            found.append(f"{proc.name}: {cmd}")
+    return found
+
+
+def assert_no_leftovers(marker: str, timeout: float = 5) -> None:
+    deadline = time.time() + timeout
+    while leftovers(marker) and time.time() < deadline:
+        time.sleep(0.2)
+    assert leftovers(marker) == []

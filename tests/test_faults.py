@@ -17,7 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import COMMON, ROOT, STEPS, run_command, train_command, train_env, train_lines
+from conftest import (
+    COMMON,
+    ROOT,
+    STEPS,
+    assert_no_leftovers,
+    leftovers,
+    run_command,
+    train_command,
+    train_env,
+    train_lines,
+)
 
 from gpt_novel import checkpoint, consolidate
 from gpt_novel.data.shards import sha256_file
@@ -26,30 +36,6 @@ from gpt_novel.errors import UserError
 
 pytestmark = pytest.mark.slow
 LAUNCH = [sys.executable, "-m", "gpt_novel.launch"]
-
-
-def leftovers(marker: str) -> list[str]:
-    """Command lines of live processes that mention marker (the run directory): the whole tree of a run, launcher,
-    ranks and DataLoader workers, whatever their sessions."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker in cmd and state != "Z":
-            found.append(f"{proc.name}: {cmd}")
-    return found
-
-
-def assert_no_leftovers(marker: str) -> None:
-    deadline = time.time() + 5
-    while leftovers(marker) and time.time() < deadline:
-        time.sleep(0.2)
-    assert leftovers(marker) == []
 
 
 def run_until_exit(cmd: list[str], log: Path, error_mark: str = "error") -> tuple[int, float]:

@@ -17,7 +17,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import COMMON, ROOT, STEPS, final_weights, run_command, train_command, train_env, train_lines
+from conftest import (
+    COMMON,
+    ROOT,
+    STEPS,
+    assert_no_leftovers,
+    final_weights,
+    run_command,
+    train_command,
+    train_env,
+    train_lines,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -72,6 +82,7 @@ def test_interrupted_run_resumes_exactly(data, reference, tmp_path, stage, how):
     _wait_for_step(run_dir, proc, kill_at)
     os.killpg(proc.pid, how)
     proc.wait(timeout=120)
+    assert_no_leftovers(str(run_dir), timeout=10)  # torchrun's workers (own sessions) end with it, even on SIGKILL
     out = log.read_text()
     if how == signal.SIGTERM:
         assert "stop requested" in out, out[-3000:]
