@@ -24,7 +24,7 @@ import webdataset as wds
 from conftest import ROOT, SAMPLE_DIR, run_prepare
 
 from gpt_novel import prepare
-from gpt_novel.data import clean
+from gpt_novel.data import clean, novels
 from gpt_novel.data.vocab import Vocab
 
 FAST = ("--tokenizer", "char", "--seq-len", "64", "--workers", "1")
@@ -77,24 +77,24 @@ def test_a_planted_pickle_in_the_cache_is_never_executed(tmp_path, sample_text):
     ops = [(op.name, arg) for op, arg, _ in pickletools.genops(payload)]  # read, never run
     assert ("SHORT_BINUNICODE", "open") in ops and ("REDUCE", None) in ops  # a call of open() when unpickled
     sha = hashlib.sha256((inputs / "novel.txt").read_bytes()).hexdigest()
-    entry = prepare._read_cache_path(sha, False, str(cache))
+    entry = novels.read_cache_path(sha, False, str(cache))
     entry.parent.mkdir(parents=True)
     for path in (entry, entry.with_suffix(".pkl")):  # where prepare reads, and the name it used to read
         path.write_bytes(payload)
     assert run_prepare([inputs], tmp_path / "d", cache, *FAST) == 0
     assert not marker.exists()
     assert _report(tmp_path / "d")["files"][0]["chapters"] == 6
-    assert prepare.FileResult.from_json(entry.read_text(encoding="utf-8")).chapters  # recomputed and rewritten
+    assert novels.FileResult.from_json(entry.read_text(encoding="utf-8")).chapters  # recomputed and rewritten
 
 
 @pytest.mark.parametrize("entry", [b"{", b"[]", b'{"path": 1}', b"[" * 100_000, b"\xff\xfe",
-                                   json.dumps({**json.loads(prepare.FileResult("x").to_json()),
+                                   json.dumps({**json.loads(novels.FileResult("x").to_json()),
                                                "chapters": [1, 2]}).encode()],
                          ids=["truncated", "list", "foreign", "deep", "binary", "wrong-types"])
 def test_a_damaged_or_foreign_cache_entry_is_recomputed(tmp_path, sample_text, entry):
     inputs, cache = _novel(tmp_path, sample_text), tmp_path / "cache"
     sha = hashlib.sha256((inputs / "novel.txt").read_bytes()).hexdigest()
-    path = prepare._read_cache_path(sha, False, str(cache))
+    path = novels.read_cache_path(sha, False, str(cache))
     path.parent.mkdir(parents=True)
     path.write_bytes(entry)
     assert run_prepare([inputs], tmp_path / "d", cache, *FAST) == 0
@@ -102,10 +102,10 @@ def test_a_damaged_or_foreign_cache_entry_is_recomputed(tmp_path, sample_text, e
 
 
 def test_file_result_round_trips_through_json():
-    result = prepare.FileResult("a.txt", encoding="gbk", plausibility=0.97, chars_in=9, lines_recoded=2,
+    result = novels.FileResult("a.txt", encoding="gbk", plausibility=0.97, chars_in=9, lines_recoded=2,
                                 chapters=["第一章"], warnings=["w"])
     result.removed.update(ads=3, toc=4)
-    back = prepare.FileResult.from_json(result.to_json())
+    back = novels.FileResult.from_json(result.to_json())
     assert back == result and isinstance(back.removed, type(result.removed))
 
 
