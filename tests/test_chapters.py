@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gpt_novel.data.chapters import Chapter, chinese_number, parse_heading, split_chapters
+from gpt_novel.data import novels
+from gpt_novel.data.chapters import RUN_ON_LINE, Chapter, chinese_number, parse_heading, split_chapters, split_run_on
 from gpt_novel.data.clean import clean_lines, normalize
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample" / "corpus" / "青石镇.txt"
@@ -249,6 +250,96 @@ def test_chapter_text_is_heading_then_body():
     assert chapters[0].text == "\n".join([H1, *BODY1])
     assert Chapter("第一章", ["甲。", "乙。"], 1).text == "第一章\n甲。\n乙。"
     assert Chapter("", ["甲。"]).text == "甲。"
+
+
+def test_heading_glued_to_a_body_ending_in_a_dot_is_not_duplicated():
+    line = "第八十八回 博庭欢宝玉赞孤儿 正家法贾珍鞭悍仆 却说惜春正在那里揣摩棋谱．未知何事，下回分解."
+    h = parse_heading(line)
+    assert h is not None and h.text == "第八十八回 博庭欢宝玉赞孤儿 正家法贾珍鞭悍仆"
+    assert h.glued_body == "却说惜春正在那里揣摩棋谱．未知何事，下回分解."
+
+
+def test_run_on_heading_without_separator_ends_its_title_at_a_space():
+    h = parse_heading("第二回賞州侯蘇護反商 丞相金鑾直諫君，忠肝義膽孰能群？")
+    assert h is not None and (h.text, h.number) == ("第二回賞州侯蘇護反商", 2)
+    assert h.glued_body == "丞相金鑾直諫君，忠肝義膽孰能群？"
+
+
+def test_lines_after_a_toc_line_are_kept_not_dropped():
+    body = ["這是一段很長的正文，講的是紂王進香的事情。", "第二段正文。"]
+    chapters, removed = split(["第一回 紂王女媧宮進香 第二回 賞州侯蘇護反商", *body])
+    assert [x for c in chapters for x in c.lines] == body
+    assert removed == {}
+
+
+# --- a text without line breaks -----------------------------------------------------------------------------------
+
+PARA = "话说那日天气晴好，众人都在院中闲坐，说些家常话。"
+
+
+def _run_on_novel(sep: str, n: int = 6) -> tuple[str, list[str]]:
+    titles = "雨夜来客 旧事重提 渡口相逢 客栈风波 夜访书院 山中论道 江上送别 故人归来 尾声之前".split()
+    headings = [f"第{numeral}回 {title}" for numeral, title in zip("一二三四五六七八九", titles, strict=True)][:n]
+    return sep.join(h + sep + sep.join([PARA] * 40) for h in headings), headings
+
+
+@pytest.mark.parametrize("sep", ["", " "], ids=["glued", "spaces"])
+def test_a_run_on_line_is_broken_before_its_headings(sep):
+    line, headings = _run_on_novel(sep)
+    pieces = split_run_on([line])
+    assert [p[: len(h)] for p, h in zip(pieces, headings, strict=True)] == headings
+    assert "".join(pieces).replace(" ", "") == line.replace(" ", "")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "他翻到第十二章，读了起来。" * 100,
+        ("好。第三回 " + "正文" * 600)[:RUN_ON_LINE],
+        "甲" * 2000 + "这第三回写的是什么",
+    ],
+    ids=["no-sentence-end-before", "not-longer-than-RUN_ON_LINE", "inside-a-sentence"],
+)
+def test_split_run_on_leaves_other_lines_alone(line):
+    assert split_run_on([line, "第一回 甲"]) == [line, "第一回 甲"]
+
+
+def test_split_run_on_keeps_volume_and_scraper_prefixes_with_their_heading():
+    line = PARA * 30 + " 上卷 第一回 王教头私走延安府 " + PARA * 30 + "《》目录 第二回 悟彻菩提真妙理 " + PARA
+    pieces = split_run_on([line])
+    assert [p[:8] for p in pieces[1:]] == ["上卷 第一回 王", "《》目录 第二回"]
+
+
+@pytest.mark.parametrize("sep", ["", "\u3000\u3000"], ids=["glued", "indented"])
+def test_a_novel_without_line_breaks_keeps_its_text_and_chapters(tmp_path, sep):
+    ad = "更多精彩小说请访问丫丫小说网www.yayabook.com。"
+    text, headings = _run_on_novel(sep, 9)
+    at = text.index(PARA, len(text) // 2)
+    path = tmp_path / "one-line.txt"
+    front = "《某书》作者：某某。"
+    path.write_text(front + sep + text[:at] + ad + text[at:], encoding="utf-8")
+    result = novels.read_and_split(str(path), False)
+    assert result.status == "ok"
+    assert [c.split("\n")[0] for c in result.chapters] == headings
+    def solid(s: str) -> str:
+        return "".join(s.split())
+
+    assert solid("".join(result.chapters)) == solid(text)
+    assert result.removed["ad"] == len(ad) and result.removed["front_matter"] == len(front)
+    assert "no chapter headings found: the whole file is one chapter" not in result.warnings
+
+
+def test_a_real_novel_without_line_breaks_keeps_its_text_and_chapters(tmp_path):
+    source = SAMPLE.parent.parent.parent.parent / "shared" / "corpus" / "sanguoyanyi.txt"
+    if not source.exists():
+        pytest.skip("../shared/corpus is absent")
+    lines = [x.strip() for x in source.read_text(encoding="utf-8").splitlines() if x.strip()]
+    one = tmp_path / "sanguo.txt"
+    one.write_text("\u3000\u3000".join(lines), encoding="utf-8")
+    as_lines, as_one = novels.read_and_split(str(source), False), novels.read_and_split(str(one), False)
+    assert len(as_one.chapters) == len(as_lines.chapters) == 120
+    solid = [sum(len(c) - c.count("\n") - c.count(" ") for c in r.chapters) for r in (as_lines, as_one)]
+    assert solid[0] == solid[1]
 
 
 # --- the shipped sample -----------------------------------------------------------------------------------------

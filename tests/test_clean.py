@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gpt_novel.data.clean import clean_lines, normalize, to_simplified
+from gpt_novel.data import novels
+from gpt_novel.data.clean import WHOLE_LINE_MAX, clean_lines, normalize, to_simplified
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample" / "corpus" / "青石镇.txt"
 GOOD = "他推开门走了出去，外面的雨越下越大。"
@@ -82,6 +83,7 @@ CASES = [
     P("他说详情请见https://example.com/a?b=1然后走了。", ["他说详情请见然后走了。"], {"url": 25}, id="url-http"),
     P("他在www.abc.net上看到的。", ["他在上看到的。"], {"url": 11}, id="url-www"),
     P("阿福记下了qingshi.cn/town这个地址。", ["阿福记下了这个地址。"], {"url": 15}, id="url-domain"),
+    P("手机用户请到m.xxx.net阅读", ["手机用户请到阅读"], {"url": 9}, id="url-domain-before-han"),
     P(WATERMARK, ['老爺說："你講！'], {"watermark": len(WATERMARK) - len('老爺說："你講！')}, id="watermark"),
     P(METADATA, [], {"metadata": len(METADATA)}, id="metadata"),
     P("上傳時間：2008-3-1", [], {"metadata": len("上傳時間：2008-3-1")}, id="metadata-traditional"),
@@ -143,7 +145,6 @@ KEPT = [
     "乃是書香門第，禮樂人家",
     "民国十二年，也就是1923年的秋天，青石镇一连下了七天的雨。",
     "一行是“晚秋客栈”，另一行却是洋文“Tea House”。",
-    "她轻声说了一句あ就走了。",
     "老人说：“你——你——你怎么来了？”",
     "“你是谁？你从哪里来？你要做什么？”他一连问了三个问题。",
     "“你是谁?”“我?我是阿福。”“阿福?”",
@@ -197,6 +198,178 @@ def test_clean_lines_adds_to_an_existing_counter():
     assert removed["ad"] == 10 + len(AD_LINE)
     assert removed["navigation"] == 3
     assert removed["toc"] == 4
+
+
+# --- long lines: every rule removes an ad-sized span, never a novel ------------------------------------------------
+
+PROSE = "这是他年轻时在书院里读过的文章，至今还记得其中的句子。"
+LONG = PROSE * 20  # far longer than WHOLE_LINE_MAX: paragraphs run together
+
+
+@pytest.mark.parametrize(
+    ("junk", "reason"),
+    [
+        ("TXT小说天堂提供全本免费下载，网址https://www.xstt5.com。", "ad"),
+        ("作品仅供读者预览，请在下载24小时内删除。", "disclaimer"),
+        ("版權所有，請支持正版！", "disclaimer"),
+    ],
+    ids=["ad", "disclaimer", "copyright"],
+)
+def test_in_a_long_line_a_whole_line_rule_cuts_only_its_sentence(junk, reason):
+    line = LONG + junk + LONG
+    out, removed = clean_one(line)
+    assert out == [LONG + LONG]
+    assert removed == {reason: len(junk)}
+
+
+def test_in_a_long_line_a_navigation_bar_is_cut():
+    bar = "首页|原创书库|现代|言情|武侠|论坛"
+    assert clean_one(LONG + bar + " " + LONG) == ([LONG + " " + LONG], {"navigation": len(bar)})
+
+
+def test_in_a_long_line_a_navigation_bar_glued_to_prose_keeps_its_outer_items():
+    inner = "|原创书库|现代|言情|武侠|"
+    line = LONG + "他走到书院首页" + inner + "论坛门口" + LONG
+    assert clean_one(line) == ([LONG + "他走到书院首页论坛门口" + LONG], {"navigation": len(inner)})
+
+
+def test_in_a_long_line_metadata_is_cut_with_its_value_only():
+    heading, body = "上卷 第一回 王教头私走延安府", "话说大宋仁宗天子在位。"
+    line = f"{heading} 更新时间:2007-1-12 23:57:15 本章字数:5906 {body}" + LONG
+    out, removed = clean_one(line)
+    assert out == [f"{heading} {body}{LONG}"]
+    assert removed == {"metadata": len("更新时间:2007-1-12 23:57:15本章字数:5906"), "whitespace": 2}
+
+
+def test_in_a_long_line_navigation_words_go_only_when_standing_alone():
+    line = LONG + " 上一章 回目录 下一章 " + "他把书放回首页那一格的书架上。" + LONG
+    out, removed = clean_one(line)
+    assert out == [LONG + " 他把书放回首页那一格的书架上。" + LONG]
+    assert removed == {"navigation": 9, "whitespace": 3}
+
+
+def test_the_whole_line_bound():
+    short = DISCLAIMER + "，" + "他" * (WHOLE_LINE_MAX - len(DISCLAIMER) - 1)
+    assert len(short) == WHOLE_LINE_MAX and clean_one(short) == ([], {"disclaimer": WHOLE_LINE_MAX})
+    longer = short + "。"  # one character more: only the disclaimer's sentence (the whole line up to 。) is too long
+    out, removed = clean_one(longer)
+    assert out and removed["disclaimer"] < 30
+
+
+def test_a_novel_without_line_breaks_loses_only_the_ad_sentence():
+    ad = "更多精彩小说请访问丫丫小说网www.yayabook.com。"
+    novel = "".join(f"第{n}章 雨夜 " + PROSE * 300 for n in range(1, 9))  # 8 chapters, one line of 128K characters
+    at = novel.index("。", 50_000) + 1
+    line = novel[:at] + ad + novel[at:]
+    out, removed = clean_one(line)
+    assert out == [novel]
+    assert removed == {"ad": len(ad)}
+
+
+@pytest.mark.parametrize("junk", [AD_LINE, METADATA, NAV_BAR, DISCLAIMER], ids=["ad", "meta", "nav", "disclaimer"])
+def test_a_novel_without_line_breaks_is_never_removed_whole(junk):
+    line = junk + PROSE * 25_000  # 700K characters
+    out, removed = clean_one(line)
+    assert sum(removed.values()) <= WHOLE_LINE_MAX
+    assert out[0].endswith(PROSE * 24_999)
+
+
+def test_mojibake_in_a_long_line_cuts_only_the_damaged_sentence():
+    line = LONG + GB_MOJIBAKE + "。" + LONG + CYRILLIC_MOJIBAKE + " " + LONG
+    out, removed = clean_one(line)
+    assert out == [LONG + LONG + " " + LONG]
+    assert removed == {"mojibake": len(GB_MOJIBAKE) + 1 + len(CYRILLIC_MOJIBAKE)}
+
+
+def test_mojibake_without_sentence_ends_cuts_a_bounded_span():
+    line = "他" * 100_000 + GB_MOJIBAKE + "他" * 100_000
+    out, removed = clean_one(line)
+    assert removed["mojibake"] <= len(GB_MOJIBAKE) + 2 * WHOLE_LINE_MAX
+    assert sum(removed.values()) == len(line) - len(out[0])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_mojibake_cuts_add_up_and_keep_order(seed):
+    import random
+
+    rng = random.Random(seed)
+    parts = [GOOD, PROSE, GB_MOJIBAKE, CYRILLIC_MOJIBAKE, HANGUL_MOJIBAKE, "他说", " ", "。", "一二三四五六七八九十"]
+    line = "".join(rng.choice(parts) for _ in range(rng.randint(3, 40)))
+    out, removed = clean_one(line)
+    kept = "".join(out)
+    assert sum(removed.values()) == len(line) - len(kept)
+    it = iter(line)
+    assert all(ch in it for ch in kept)  # a subsequence: nothing duplicated or reordered
+
+
+def test_a_refused_file_says_where_its_characters_went(tmp_path):
+    path = tmp_path / "ads.txt"
+    path.write_text((AD_LINE + "\n") * 3 + "https://www.xstt5.com\n", encoding="utf-8")
+    result = novels.read_and_split(str(path), False)
+    assert result.status == "refused"
+    assert result.reason == f"no text left after cleaning (ad {3 * len(normalize(AD_LINE))}; url 21)"
+
+
+def test_a_refused_one_line_file_names_its_counts_with_thousands_separators(tmp_path):
+    path = tmp_path / "junk.txt"
+    path.write_text("-" * 1500, encoding="utf-8")
+    result = novels.read_and_split(str(path), False)
+    assert result.reason == "no text left after cleaning (decoration 1,500)"
+
+
+# --- stray foreign letters ----------------------------------------------------------------------------------------
+
+STRAY = [
+    # a lost character's stand-in, as editions of 红楼梦, 水浒传 and 济公全传 have them
+    ("着缕金百蝶穿花大红洋缎窄Ё袄，外罩五彩刻丝石青银鼠褂", "Ё"),
+    ("凡是那些纨э气习者，莫不喜与他来往。", "э"),
+    ("一边是玻璃ニ．地下两溜十六张楠木交椅", "ニ"),
+    ("她轻声说了一句あ就走了。", "あ"),
+    ("知縣ˍ聽，連說：", "ˍ"),
+    ("身边取出号旗号╣，就庄前放起。", "╣"),
+    ("这是第三个γ字。", "γ"),
+    ("她说：“你好한。”", "한"),
+    ("头上只散挽着シ", "シ"),
+]
+
+
+@pytest.mark.parametrize(("line", "letter"), STRAY, ids=range(len(STRAY)))
+def test_a_stray_foreign_letter_is_removed_and_counted(line, letter):
+    assert clean_one(line) == ([line.replace(letter, "")], {"stray_foreign": 1})
+
+
+FOREIGN_KEPT = [
+    "她轻声说了一句ありがとう就走了。",  # a Japanese word
+    "她念道：“私は学生です。”",  # a Japanese sentence, kanji and kana
+    "他用俄语说：“Спасибо, друг.”",  # a Russian phrase
+    "他只会说一个词：Да。",  # two letters are a word
+    "老师念道：nǐ hǎo。",  # pinyin: letters among Latin letters
+    "约翰・史密斯走了进来。",  # ・ as a name separator
+    "她说：“서울에 가요.”",  # Korean
+    "这是αβ射线。",  # two Greek letters
+    "却说□□二人来到庄上。",  # the editions' own mark for a lost character
+    "我\ue003才前日来家。",  # a private-use stand-in for one rare character
+]
+
+
+@pytest.mark.parametrize("line", FOREIGN_KEPT, ids=range(len(FOREIGN_KEPT)))
+def test_words_and_phrases_of_another_script_stay(line):
+    assert clean_one(line) == ([line], {})
+
+
+def test_a_long_japanese_sentence_is_not_mojibake():
+    line = "他在信的末尾写道：“今日は本当にありがとうございました。また会いましょう。”"
+    assert clean_one(line) == ([line], {})
+
+
+def test_stray_letters_in_mojibake_are_counted_once_as_mojibake():
+    out, removed = clean_one(GOOD + GB_MOJIBAKE)
+    assert out == [GOOD] and removed == {"mojibake": len(GB_MOJIBAKE)}
+
+
+def test_two_stray_letters_far_apart_are_both_removed():
+    line = "窄Ё袄" + "，外罩五彩刻丝石青银鼠褂" * 2 + "纨э气习。"
+    assert clean_one(line) == ([line.replace("Ё", "").replace("э", "")], {"stray_foreign": 2})
 
 
 # --- to_simplified ----------------------------------------------------------------------------------------------

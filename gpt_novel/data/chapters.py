@@ -4,6 +4,7 @@ Handles the shapes real files have: Chinese numerals written as words (第一百
 Arabic and zero-padded numbers, 卷/部 prefixes, a title on the same line or the next, a heading glued to the first
 sentence, scraper prefixes before the heading, tables of contents (headings with no body), headings repeated inside
 a chapter, and front matter (title, author, blurb) before the first chapter. A text without headings is one chapter.
+A text without line breaks keeps its chapters: `split_run_on` breaks a long line before the headings inside it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ _BODY_START = re.compile(r"话说|話說|却说|卻說|且说|且說|再说|再�
 _ANOTHER_HEADING = re.compile(rf"第\s*{_NUM}\s*[回章节節]")
 MAX_TITLE = 40
 FRONT_MATTER_MAX = 2000
+# A line this long that holds chapter headings is paragraphs run together (a file without line breaks); no real
+# paragraph in ../shared/corpus holds one (its longest has 4,312 characters), only short TOC lines do.
+RUN_ON_LINE = 1000
+_HEADING_INSIDE = re.compile(
+    rf"(?<=[。！？．!?…；;”」』\"\s])(?:《[^》]{{0,20}}》\s*)?(?:(?:目录|目錄)\s*)?(?:{_VOLUME}\s*)?第\s*{_NUM}\s*[回章节節]"
+)
 
 
 @dataclass
@@ -90,7 +97,9 @@ def parse_heading(line: str) -> _Heading | None:
     if m.group("num") and number is None:
         return None
     junk = len(m.group("junk"))
-    text = line[junk : len(line) - len(glued)].strip() if glued and line.endswith(glued) else line[junk:].strip()
+    # the glued body runs to the line's end, with what `_split_title` stripped off it ("…下回分解.")
+    cut = line.rfind(glued) if glued else len(line)
+    text, glued = line[junk:cut].strip(), line[cut:]
     return _Heading(-1, text, number, glued, junk, bool(_ANOTHER_HEADING.search(title)))
 
 
@@ -107,8 +116,11 @@ def _split_title(rest: str) -> tuple[str | None, str]:
         return stripped, ""
     if marker and (not punct or marker.start() < punct.start()) and 2 <= marker.start() <= MAX_TITLE:
         return stripped[: marker.start()].strip(), stripped[marker.start():]
-    if not separated or (punct and punct.start() < len(parts[0])):
+    if punct and punct.start() < len(parts[0]):
         return None, ""
+    if not separated:
+        # 第二回賞州侯蘇護反商 丞相金鑾直諫君，…: a run-on line (see `split_run_on`) whose title ends at a space
+        return (parts[0], " ".join(parts[1:])) if len(parts) >= 2 and len(parts[0]) <= MAX_TITLE else (None, "")
     # Couplet titles (兼六國混一輿圖 號始皇建立郡縣): the second half is as long as the first.
     first = parts[0]
     if len(parts) >= 2:
@@ -117,6 +129,21 @@ def _split_title(rest: str) -> tuple[str | None, str]:
         if not _SENTENCE_PUNCT.search(second[:cut]):
             return f"{first} {second[:cut]}", second[cut:].strip()
     return None, ""
+
+
+def split_run_on(lines: list[str]) -> list[str]:
+    """Lines longer than RUN_ON_LINE broken before each numbered heading (第X回 / 第X章 …) that follows a sentence end
+    or a space inside them, so that `split_chapters` finds the chapters of a text that has lost its line breaks.
+    Only the spaces at the breaks are dropped (normalization's whitespace)."""
+    out = []
+    for line in lines:
+        starts = [m.start() for m in _HEADING_INSIDE.finditer(line)] if len(line) > RUN_ON_LINE else []
+        if not starts:
+            out.append(line)
+            continue
+        pieces = (line[a:b].strip() for a, b in zip([0, *starts], [*starts, len(line)], strict=True))
+        out.extend(piece for piece in pieces if piece)
+    return out
 
 
 def split_chapters(lines: list[str], removed: Counter) -> list[Chapter]:
@@ -149,9 +176,10 @@ def _sections(lines: list[str], headings: list[_Heading], removed: Counter) -> l
         end = headings[k + 1].index if k + 1 < len(headings) else len(lines)
         body = lines[h.index + 1 : end]
         heading = h.text
-        if h.toc_line:
-            body = []  # a table-of-contents line holding several headings
-        elif h.text.endswith(("回", "章", "节", "節")) and body and _is_title_line(body[0]) and len(body) > 1:
+        # A table-of-contents line holding several headings has no body; lines after it are kept (a TOC's last line
+        # before the text, or run-on text whose headings are not recognised) for `_drop_toc` to judge and count.
+        title_next = h.text.endswith(("回", "章", "节", "節")) and len(body) > 1 and _is_title_line(body[0])
+        if title_next and not h.toc_line:
             heading, body = f"{heading} {body[0]}", body[1:]
         if h.glued_body:
             body = [h.glued_body, *body]

@@ -103,11 +103,11 @@ def script_of(text: str) -> str:
     return "traditional" if share > 0.7 else "simplified" if share < 0.3 else "mixed"
 
 
-# Characters that do not occur in Chinese prose but do in mojibake (accented Latin and IPA, Greek, Cyrillic,
-# box drawing, kana, bopomofo, Hangul, private use, vertical forms, half-width kana, replacement character).
+# Characters that do not occur in Chinese prose but do in mojibake (accented Latin, IPA and modifier letters, Greek,
+# Cyrillic, box drawing, kana, bopomofo, Hangul, private use, vertical forms, half-width kana, replacement character).
 # Full-width Latin letters (ＯＫ) and circled numbers (①) are left out: novels use them.
 _SUSPICIOUS_RANGES = (
-    (0x0180, 0x02AF),
+    (0x0180, 0x02FF),
     (0x0370, 0x052F),
     (0x2502, 0x259F),  # box drawing, but not ─ ━ (U+2500/2501), which some editions use as a dash
     (0x3040, 0x30FF),
@@ -125,3 +125,29 @@ SUSPICIOUS = re.compile("[" + "".join(f"\\u{lo:04x}-\\u{hi:04x}" for lo, hi in _
 
 def is_suspicious(ch: str) -> bool:
     return SUSPICIOUS.match(ch) is not None
+
+
+# Letters of the scripts that some editions put where a character was lost (a GBK symbol row standing in for a
+# character the encoding lacked: 窄Ё袄, 纨э气习, 知縣ˍ聽), and that half-character-shift mojibake is made of: Latin
+# extended, IPA and modifier letters, Greek, Cyrillic, box drawing, kana, bopomofo, Hangul, half-width kana: the
+# letters among `SUSPICIOUS`. Not in it: ・ and ー (U+30FB/30FC: Chinese texts write 約翰・史密斯 and use ー as a
+# dash), private-use characters (a font's stand-in for one particular rare character, consistent through a file: it
+# keeps that character's place) and U+FFFD (counted as undecodable).
+_FOREIGN_SCRIPTS = (
+    ("latin", 0x0180, 0x02FF),
+    ("greek", 0x0370, 0x03FF),
+    ("cyrillic", 0x0400, 0x052F),
+    ("box", 0x2502, 0x259F),
+    ("kana", 0x3041, 0x30FA),
+    ("kana", 0x30FD, 0x30FF),
+    ("bopomofo", 0x3105, 0x312F),
+    ("hangul", 0xAC00, 0xD7AF),
+    ("kana", 0xFF66, 0xFF9F),
+)
+FOREIGN = re.compile("[" + "".join(f"\\u{lo:04x}-\\u{hi:04x}" for _, lo, hi in _FOREIGN_SCRIPTS) + "]")
+
+
+def foreign_script(ch: str) -> str | None:
+    """The script of a letter of `FOREIGN` ('kana', 'cyrillic', ...), None for any other character."""
+    cp = ord(ch)
+    return next((name for name, lo, hi in _FOREIGN_SCRIPTS if lo <= cp <= hi), None)

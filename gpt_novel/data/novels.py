@@ -1,8 +1,9 @@
 """One input file → its cleaned chapters and what happened to its characters (`FileResult`), cached on disk.
 
 This is the per-file part of `prepare`'s read step: decode (`ingest`), normalize and clean (`clean`), split into
-chapters (`chapters`). The result is memoized by file content, options and this code, as type-checked JSON that
-is never executed: a warm re-run skips the cleaning.
+chapters (`chapters`), and what a global reduce needs without re-reading the text: the keys of the lines the file
+repeats (`boilerplate`) and its distinct characters. The result is memoized by file content, options and this
+code, as type-checked JSON that is never executed: a warm re-run skips the cleaning.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpt_novel.data import chapters, charsets, clean, ingest
+from gpt_novel.data import boilerplate, chapters, charsets, clean, ingest
 
 LONG_LINE = 100_000
 
@@ -37,6 +38,10 @@ class FileResult:
     chapters: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     lines_recoded: int = 0
+    # [key, has_url] of the lines this file repeats across its chapters (`boilerplate.repeated`)
+    repeated: list = field(default_factory=list)
+    # the sorted distinct characters of the kept chapter texts, newline excluded: the vocabulary check needs no text
+    distinct_chars: str = ""
 
     def to_json(self) -> str:
         # not dataclasses.asdict: it rebuilds a Counter from (key, value) pairs, counting the pairs
@@ -64,6 +69,8 @@ class FileResult:
             raise ValueError("chapters and warnings must be strings")
         if not all(isinstance(k, str) and type(v) is int for k, v in self.removed.items()):
             raise ValueError("removed must map reasons to counts")
+        if not all(type(r) is list and len(r) == 2 and _is_key(r[0]) and type(r[1]) is bool for r in self.repeated):
+            raise ValueError("repeated must hold [key, has_url] pairs")
 
     def report(self, unk: int, kept: int, n_chapters: int) -> dict:
         out = {"path": self.path, "status": self.status}
@@ -92,6 +99,8 @@ def read_and_split(path: str, to_simplified: bool) -> FileResult:
     result.lines_recoded = decoded.lines_recoded
     result.chars_in = sum(len(t) for t in decoded.texts)
     result.script = charsets.script_of(decoded.texts[0][:200_000])
+    found_all: list[chapters.Chapter] = []
+    url_lines: set[str] = set()
     for text in decoded.texts:
         longest = max((len(line) for line in text.splitlines()), default=0)
         if longest > LONG_LINE:
@@ -99,19 +108,33 @@ def read_and_split(path: str, to_simplified: bool) -> FileResult:
         norm = clean.normalize(text)
         if to_simplified:
             norm = clean.to_simplified(norm)
-        lines = clean.clean_lines(norm.split("\n"), result.removed)
+        lines = clean.clean_lines(chapters.split_run_on(norm.split("\n")), result.removed, url_lines)
         found = chapters.split_chapters(lines, result.removed)
         if len(found) == 1 and not found[0].heading and len(decoded.texts) == 1:
             result.warnings.append("no chapter headings found: the whole file is one chapter")
-        result.chapters.extend(ch.text for ch in found)
+        found_all.extend(found)
+    result.chapters = [ch.text for ch in found_all]
+    result.repeated = [[k, has_url] for k, has_url in boilerplate.repeated(found_all, url_lines)]
+    result.distinct_chars = "".join(sorted(set().union(*result.chapters) - {"\n"}))
     if not result.chapters:
-        result.status, result.reason = "refused", "no text left after cleaning"
+        result.status, result.reason = "refused", f"no text left after cleaning{_removed_summary(result.removed)}"
     return result
+
+
+def _removed_summary(removed: Counter) -> str:
+    """' (ad 700,000; url 12)': where the characters of a refused file went, largest first."""
+    counts = sorted(((n, reason) for reason, n in removed.items() if n), key=lambda x: (-x[0], x[1]))
+    return f" ({'; '.join(f'{reason} {n:,}' for n, reason in counts)})" if counts else ""
+
+
+def _is_key(k: object) -> bool:
+    return isinstance(k, str) and len(k) == 16 and all(c in "0123456789abcdef" for c in k)
 
 
 # The per-file result depends on these modules' code (this one's included), so their bytes are part of its cache key.
 _READ_CODE = hashlib.sha256(b"".join(Path(f).read_bytes() for f in (__file__, ingest.__file__, charsets.__file__,
-                                                                     clean.__file__, chapters.__file__)))
+                                                                     clean.__file__, chapters.__file__,
+                                                                     boilerplate.__file__)))
 
 
 def read_cache_path(sha: str, to_simplified: bool, cache_root: str | None) -> Path | None:
