@@ -64,22 +64,27 @@ def _deepspeed_path(path: Path) -> Path:
 
 
 def _seq_len(data: Path) -> int:
-    return json.loads((data / "manifest.json").read_text())["seq_len"]
+    from gpt_novel.data.dataset import Dataset
+
+    return Dataset.load(data).seq_len
 
 
 def _bare(args, data: Path) -> dict:
     """The same model and micro-batches, nothing but forward, backward, clip and AdamW step."""
     from gpt_novel.config import TrainConfig
+    from gpt_novel.data.dataset import Dataset
     from gpt_novel.data.stream import ShardSet, StreamSpec, TrainStream
     from gpt_novel.data.vocab import Vocab
     from gpt_novel.model import build_model, param_groups
 
+    dataset = Dataset.load(data)
     cfg = TrainConfig(data=str(data), n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
-                      n_positions=_seq_len(data), dropout=0.0)
+                      n_positions=dataset.seq_len, dropout=0.0)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, Vocab.load(data / "tokenizer"))
+    model = build_model(cfg, Vocab.load(dataset.tokenizer_dir))
     optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.95), fused=True)
-    stream = TrainStream(ShardSet.load(data, "train"), StreamSpec(cfg.seed, 0, 1, args.micro_batch, args.grad_accum))
+    stream = TrainStream(ShardSet.load(dataset, "train"),
+                         StreamSpec(cfg.seed, 0, 1, args.micro_batch, args.grad_accum))
     batches = [stream.batch(g) for g in range(args.steps * args.grad_accum)]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     times = []
@@ -94,7 +99,7 @@ def _bare(args, data: Path) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
-    tokens = args.micro_batch * args.grad_accum * _seq_len(data)
+    tokens = args.micro_batch * args.grad_accum * dataset.seq_len
     return {"tokens_per_s": statistics.median(tokens / t for t in times[args.warmup:])}
 
 

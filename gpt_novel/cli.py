@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from gpt_novel import __version__
+from gpt_novel.config import PrepareConfig
 from gpt_novel.errors import UserError
 
 
@@ -28,18 +29,28 @@ def _prepare_parser(sub) -> None:
                    "at least one chapter; 0 for none)")
     p.add_argument("--seed", type=int, help="seed of the train/val split (default 1234)")
     p.add_argument("--shard-size", help="target shard size, e.g. 256MB (default), 64MiB, 100000")
+    p.add_argument("--partition-size", help="input bytes per partition, the unit of restartable work and of "
+                   "packing (default 32MB); part of what makes the output, unlike --workers and --tasks")
     p.add_argument("--workers", type=int, help="processes for cleaning and segmentation (default: all cores)")
     p.add_argument("--to-simplified", action="store_const", const=True, help="convert traditional characters "
                    "to simplified (OpenCC t2s)")
     p.add_argument("--cache-dir", help="segmentation cache (default ~/.cache/gpt-novel/segment)")
     p.add_argument("--no-cache", action="store_const", const=True, help="do not read or write the cache")
     p.add_argument("--force", action="store_const", const=True, help="replace DATA_DIR if it holds another dataset")
+    p.add_argument("--work-dir", help="where the steps keep their outputs until DATA_DIR is published (default "
+                   ".DATA_DIR.work next to it; on a cluster, a shared file system)")
+    p.add_argument("--keep-work", action="store_const", const=True, help="keep the work directory after publishing "
+                   "(else it is removed)")
+    p.add_argument("--step", choices=PrepareConfig.STEPS, help="run one step (what slurm/prepare.sh does): plan, "
+                   "then read, merge, segment, vocab, encode, finish; default all, in order")
+    p.add_argument("--task", type=int, help="with --tasks N: this task does partitions TASK, TASK+N, … (default 0)")
+    p.add_argument("--tasks", type=int, help="number of tasks sharing a partition step (default 1)")
     p.set_defaults(func=_run_prepare)
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
     from gpt_novel import prepare
-    from gpt_novel.config import PrepareConfig, load_config
+    from gpt_novel.config import load_config
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("func", "config", "command")}
     cfg = load_config(PrepareConfig, args.config, overrides).validate()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import re
 import types
@@ -16,6 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gpt_novel.data.dataset import Dataset
 from gpt_novel.errors import UserError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -52,15 +52,22 @@ class PrepareConfig:
     val_ratio: float = 0.01
     seed: int = 1234
     shard_size: str = "256MB"
+    partition_size: str = "32MB"
     workers: int = 0  # 0: all cores
     to_simplified: bool = False
     cache_dir: str | None = None
     no_cache: bool = False
     force: bool = False
+    work_dir: str | None = None  # None: .NAME.work next to --out
+    keep_work: bool = False
+    step: str = "all"
+    task: int = 0
+    tasks: int = 1
 
-    # Options that change the bytes of the output; the rest (workers, cache, force) never do.
+    # Options that change the bytes of the output; the rest (workers, cache, force, work dir, steps) never do.
     OUTPUT_OPTIONS: typing.ClassVar = ("tokenizer", "vocab_size", "seq_len", "val_ratio", "seed", "shard_size",
-                                       "to_simplified")
+                                       "partition_size", "to_simplified")
+    STEPS: typing.ClassVar = ("all", "plan", "read", "merge", "segment", "vocab", "encode", "finish")
 
     def validate(self) -> PrepareConfig:
         if not self.inputs:
@@ -76,8 +83,14 @@ class PrepareConfig:
         if self.workers == 0:
             self.workers = default_workers()
         _in_range("--workers", self.workers, 1, 1024)
-        if parse_size(self.shard_size, "--shard-size") < 1024:
+        if parse_size(self.shard_size, "--shard-size") < 1000:
             raise UserError(f"--shard-size {self.shard_size} is too small (at least 1KB)")
+        if parse_size(self.partition_size, "--partition-size") < 1000:
+            raise UserError(f"--partition-size {self.partition_size} is too small (at least 1KB)")
+        if self.step not in self.STEPS:
+            raise UserError(f"--step must be one of {', '.join(self.STEPS)}, not {self.step!r}")
+        _in_range("--tasks", self.tasks, 1, 1_000_000)
+        _in_range("--task", self.task, 0, self.tasks - 1)
         return self
 
     def output_options(self) -> dict:
@@ -191,15 +204,11 @@ class TrainConfig:
     progress: bool = True
     log_all_ranks: bool = False
 
-    def validate(self, world_size: int) -> TrainConfig:
-        """Check everything that can be checked without starting a process group; raise UserError on the first
-        problem."""
-        if not self.data:
-            raise UserError("--data DATA_DIR is required (a directory made by `gpt-novel prepare`)")
+    def validate(self, world_size: int, dataset: Dataset) -> TrainConfig:
+        """Check the options against each other and against the data, without touching the file system (that is
+        `check_files`, run first); raise UserError on the first problem. Fills n_positions and global_batch_size."""
         if not self.run_dir:
             raise UserError("--run-dir RUN_DIR is required")
-        manifest = self.manifest()
-        seq_len = manifest["seq_len"]
         for name in ("n_layer", "n_head", "n_embd", "max_steps", "micro_batch_size", "grad_accum", "save_every",
                      "keep_last", "eval_every", "max_bad_steps"):
             if getattr(self, name) < 1:
@@ -207,9 +216,9 @@ class TrainConfig:
         if self.n_embd % self.n_head:
             raise UserError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
         if self.n_positions == 0:
-            self.n_positions = seq_len
-        if self.n_positions < seq_len:
-            raise UserError(f"n_positions {self.n_positions} is shorter than the data's seq_len {seq_len}")
+            self.n_positions = dataset.seq_len
+        if self.n_positions < dataset.seq_len:
+            raise UserError(f"n_positions {self.n_positions} is shorter than the data's seq_len {dataset.seq_len}")
         global_batch = self.micro_batch_size * self.grad_accum * world_size
         if self.global_batch_size and self.global_batch_size != global_batch:
             raise UserError(
@@ -223,33 +232,27 @@ class TrainConfig:
             raise UserError(f"dropout {self.dropout} must be in [0, 1)")
         if self.warmup_steps < 0 or self.warmup_steps >= self.max_steps:
             raise UserError(f"warmup_steps {self.warmup_steps} must be in [0, max_steps {self.max_steps})")
-        if not Path(self.deepspeed).is_file() and (REPO / self.deepspeed).is_file():
-            self.deepspeed = str(REPO / self.deepspeed)  # ds_configs/… of this checkout, from any directory
-        if not Path(self.deepspeed).is_file():
-            raise UserError(f"DeepSpeed config not found: {self.deepspeed}")
-        if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
-            raise UserError(f"--resume must be auto, never or a checkpoint directory; {self.resume} does not exist")
-        vocab_file = Path(self.data) / "tokenizer" / "vocab.txt"
-        if not vocab_file.is_file():
-            raise UserError(f"{self.data} has no tokenizer/vocab.txt; prepare the data again")
-        tokens = vocab_file.read_text(encoding="utf-8").count("\n")
-        if tokens != manifest["tokenizer"]["vocab_size"]:
-            raise UserError(f"the tokenizer in {self.data} has {tokens} tokens but the shards were made with "
-                            f"{manifest['tokenizer']['vocab_size']}; prepare the data again")
-        train = manifest["splits"].get("train", {})
-        need = world_size * self.micro_batch_size * self.grad_accum
-        if train.get("samples", 0) < need:
-            raise UserError(f"{self.data} has {train.get('samples', 0)} training samples, fewer than one optimizer "
-                            f"step needs ({need} = world size × micro batch × accumulation)")
+        if dataset.train_samples() < global_batch:
+            raise UserError(f"{dataset.root} has {dataset.train_samples()} training samples, fewer than one "
+                            f"optimizer step needs ({global_batch} = world size × micro batch × accumulation)")
         return self
 
-    def manifest(self) -> dict:
-        path = Path(self.data) / "manifest.json"
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"{self.data} is not a prepared data directory (no manifest.json); run "
-                            "`gpt-novel prepare` first") from None
+
+def check_files(cfg: TrainConfig) -> Dataset:
+    """The file-system half of the config check, run by every rank before any process group starts (so a bad path
+    stops the job in one line, not in a collective): the data directory (loaded, with its tokenizer), the DeepSpeed
+    config (resolved against this checkout when relative and absent from the working directory) and a --resume
+    path. Returns the dataset, which `TrainConfig.validate` and the trainer receive."""
+    if not cfg.data:
+        raise UserError("--data DATA_DIR is required (a directory made by `gpt-novel prepare`)")
+    dataset = Dataset.load(cfg.data)
+    if not Path(cfg.deepspeed).is_file() and (REPO / cfg.deepspeed).is_file():
+        cfg.deepspeed = str(REPO / cfg.deepspeed)  # ds_configs/… of this checkout, from any directory
+    if not Path(cfg.deepspeed).is_file():
+        raise UserError(f"DeepSpeed config not found: {cfg.deepspeed}")
+    if cfg.resume not in ("auto", "never") and not Path(cfg.resume).is_dir():
+        raise UserError(f"--resume must be auto, never or a checkpoint directory; {cfg.resume} does not exist")
+    return dataset
 
 
 def train_config(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:

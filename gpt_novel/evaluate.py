@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpt_novel.data.dataset import Dataset
 from gpt_novel.data.stream import ShardSet, val_batches
 from gpt_novel.data.vocab import Vocab
 from gpt_novel.errors import UserError
@@ -107,11 +108,12 @@ def continuation_quality(model, vocab: Vocab, chapters: list[str], k: int, promp
 
 def evaluate(model_dir: str | Path, data: str | Path, chapters: int = 8, prompt_chars: int = 64,
              gen_chars: int = 64, seed: int = 1234, device: str | None = None, max_batches: int = 10**9) -> dict:
+    dataset = Dataset.load(data)  # before the model: a bad --data is refused without loading any weights
     model, vocab = load(model_dir, device, "fp32" if device in (None, "cpu") and not torch.cuda.is_available()
                         else None)
-    if Vocab.load(Path(data) / "tokenizer").tokens != vocab.tokens:
+    if Vocab.load(dataset.tokenizer_dir).tokens != vocab.tokens:
         raise UserError(f"{data} was prepared with another vocabulary than the model's")
-    val = ShardSet.load(data, "val")
+    val = ShardSet.load(dataset, "val")
     result = {"model": str(model_dir), "data": str(data), **perplexity(model, vocab, val, max_batches=max_batches)}
     result["continuation"] = continuation_quality(model, vocab, held_out_chapters(vocab, val), chapters,
                                                   prompt_chars, gen_chars, seed)

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from gpt_novel import checkpoint, faults, lock, metrics, parallel
-from gpt_novel.config import TrainConfig, train_config
+from gpt_novel.config import TrainConfig, check_files, train_config
+from gpt_novel.data.dataset import Dataset
 from gpt_novel.data.stream import ShardSet, StreamSpec, TrainStream, make_loader, val_batches
 from gpt_novel.data.vocab import Vocab
 from gpt_novel.errors import UserError, os_error_line
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     rank, world = parallel.rank_from_env(), parallel.world_size_from_env()
     try:
         cfg, _ = train_config(argv)
-        cfg.validate(world)
+        dataset = check_files(cfg)
+        cfg.validate(world, dataset)
         holder = _claim_run_dir(cfg) if rank == 0 else None
     except UserError as e:  # before any process group: every rank stops, rank 0 says why
         if rank == 0:
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parallel.single_process_env()
     release = functools.partial(lock.release, _lock_path(cfg), holder) if holder else lambda: None
     with faults.fail_fast(PROGRAM, rank, world, cleanup=release) as watchdog:
-        code = Trainer(cfg, watchdog).run()
+        code = Trainer(cfg, dataset, watchdog).run()
         if rank == 0:
             faults.record_status(code)
         watchdog.stop()
@@ -96,17 +98,15 @@ def _claim_run_dir(cfg: TrainConfig) -> dict:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, watchdog: faults.Watchdog):
-        self.cfg = cfg
+    def __init__(self, cfg: TrainConfig, dataset: Dataset, watchdog: faults.Watchdog):
+        self.cfg, self.dataset = cfg, dataset
         self.accelerator = parallel.make_accelerator(cfg)
         watchdog.watch()
         self.stop = _StopRequest()  # only now: until here a launcher's SIGTERM ends the process as by default
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
         self.run_dir = Path(cfg.run_dir)
-        self.data = Path(cfg.data)
-        self.manifest = cfg.manifest()
-        self.vocab = Vocab.load(self.data / "tokenizer")
+        self.vocab = Vocab.load(dataset.tokenizer_dir)
         self.is_main = self.rank == 0
         _quiet_deepspeed()
         # --- the model, the same initial weights on every rank -------------------------------------------------
@@ -129,11 +129,11 @@ class Trainer:
     @functools.cached_property
     def _val(self) -> ShardSet | None:
         """The val shards, opened once (their member offsets are read on first use), or None without a val split."""
-        return ShardSet.load(self.data, "val") if "val" in self.manifest["splits"] else None
+        return ShardSet.load(self.dataset, "val") if self.dataset.split("val") is not None else None
 
     @property
     def seq_len(self) -> int:
-        return self.manifest["seq_len"]
+        return self.dataset.seq_len
 
     # --- resume ------------------------------------------------------------------------------------------------
     def _resume(self) -> tuple[dict, Path | None]:
@@ -167,7 +167,7 @@ class Trainer:
     def run(self) -> int:
         cfg = self.cfg
         state, resumed_from = self._resume()
-        train = ShardSet.load(self.data, "train")
+        train = ShardSet.load(self.dataset, "train")
         spec = StreamSpec(cfg.seed, self.rank, self.world, cfg.micro_batch_size, cfg.grad_accum)
         stream = TrainStream(train, spec, start=state["micro_batches"])
         batches = iter(make_loader(stream, cfg.num_workers))
@@ -268,7 +268,7 @@ class Trainer:
         random numbers, so sampling never changes the run. All ranks take part (ZeRO-3 gathers weights)."""
         room = self.cfg.n_positions
         n_prompt = min(32, room // 2)
-        shards = self._val if self._val is not None else ShardSet.load(self.data, "train")
+        shards = self._val if self._val is not None else ShardSet.load(self.dataset, "train")
         prompt = torch.from_numpy(shards.read(0, 0)[:n_prompt].astype(np.int64))[None]
         self.engine.eval()
         with torch.no_grad():
@@ -283,8 +283,8 @@ class Trainer:
     def _save(self, step: int, state: dict, started: float) -> None:
         state = {**state, "step": step, "elapsed": time.time() - started, "scheduler": self.scheduler.state_dict(),
                  "world_size": self.world, "global_batch_size": self.cfg.global_batch_size,
-                 "data_fingerprint": self.manifest.get("fingerprint"), "n_params": self.n_params}
-        path = checkpoint.save(self.engine, self.run_dir, step, state, self.cfg, self.data / "tokenizer",
+                 "data_fingerprint": self.dataset.fingerprint, "n_params": self.n_params}
+        path = checkpoint.save(self.engine, self.run_dir, step, state, self.cfg, self.dataset.tokenizer_dir,
                                self.cfg.keep_last)
         self._say(f"saved {path}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -31,6 +32,36 @@ def cache_dir(tmp_path_factory) -> Path:
 
 def run_prepare(inputs: list[Path], out: Path, cache: Path, *extra: str) -> int:
     return main(["prepare", *map(str, inputs), "--out", str(out), "--cache-dir", str(cache), *extra])
+
+
+def dataset_bytes(data: Path) -> dict[str, str]:
+    """sha256 of every file of a prepared data directory; report.json without its timings (the only thing that
+    may differ between two runs that made the same dataset)."""
+    digests = {str(p.relative_to(data)): hashlib.sha256(p.read_bytes()).hexdigest()
+               for p in sorted(data.rglob("*")) if p.is_file() and p.name != "report.json"}
+    report = json.loads((data / "report.json").read_text(encoding="utf-8"))
+    for key in ("seconds", "cpu_seconds", "segmented_chapters"):
+        report["totals"].pop(key, None)
+    digests["report.json"] = hashlib.sha256(json.dumps(report, sort_keys=True).encode()).hexdigest()
+    return digests
+
+
+def split_corpus(sample_text: str, root: Path) -> Path:
+    """The sample novel as four files in three encodings, one partition each at --partition-size 1KB: a.txt
+    (chapters 1-2, UTF-8), b.txt (3-4, GBK), c.txt (5-6, UTF-8 with BOM and CRLF) and d.txt, a second download of
+    a.txt (its chapters are duplicates, dropped)."""
+    lines = sample_text.split("\n")
+    starts = [i for i, line in enumerate(lines) if line.startswith("第") and "章" in line[:5]]
+    parts = ["\n".join(lines[a:b]) for a, b in zip(starts, [*starts[1:], len(lines)], strict=True)]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "a.txt").write_text("\n".join(parts[0:2]), encoding="utf-8")
+    (root / "b.txt").write_bytes("\n".join(parts[2:4]).encode("gbk"))
+    (root / "c.txt").write_bytes(("\ufeff" + "\n".join(parts[4:6])).replace("\n", "\r\n").encode("utf-8"))
+    (root / "d.txt").write_text("\n".join(parts[0:2]), encoding="utf-8")
+    return root
+
+
+SPLIT_OPTIONS = ["--seq-len", "32", "--shard-size", "4KB", "--partition-size", "1KB", "--val-ratio", "0.2"]
 
 
 @pytest.fixture(scope="session")

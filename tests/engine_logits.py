@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from gpt_novel import checkpoint, faults, parallel
-from gpt_novel.config import TrainConfig, load_config
+from gpt_novel.config import TrainConfig, check_files, load_config
 from gpt_novel.data.stream import ShardSet
 from gpt_novel.train import Trainer
 
@@ -22,10 +22,12 @@ from gpt_novel.train import Trainer
 def main() -> None:
     ckpt, out = Path(sys.argv[1]), Path(sys.argv[2])
     cfg = load_config(TrainConfig, str(ckpt / "config.yaml"), {"resume": "never", "progress": False})
-    cfg.validate(parallel.world_size_from_env())
-    trainer = Trainer(cfg, faults.Watchdog("engine_logits", parallel.rank_from_env(), parallel.world_size_from_env()))
+    dataset = check_files(cfg)
+    cfg.validate(parallel.world_size_from_env(), dataset)
+    trainer = Trainer(cfg, dataset,
+                      faults.Watchdog("engine_logits", parallel.rank_from_env(), parallel.world_size_from_env()))
     checkpoint.load(trainer.engine, ckpt)
-    val = ShardSet.load(cfg.data, "val")
+    val = ShardSet.load(dataset, "val")
     batch = torch.from_numpy(np.stack([val.read(0, i) for i in range(4)]).astype(np.int64))
     trainer.engine.eval()
     with torch.no_grad():

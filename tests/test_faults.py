@@ -30,6 +30,7 @@ from conftest import (
 )
 
 from gpt_novel import checkpoint, consolidate
+from gpt_novel.data.dataset import Dataset
 from gpt_novel.data.shards import sha256_file
 from gpt_novel.data.stream import ShardSet, StreamSpec, TrainStream
 from gpt_novel.errors import UserError
@@ -61,7 +62,7 @@ def error_lines(text: str) -> list[str]:
 def rank_only_shard(data: Path, rank: int, steps: int) -> str:
     """A train shard that `rank` reads in its first micro-batch and the other rank not in its first `steps` steps
     (it prefetches a few micro-batches before it waits for rank 1 in the first all-reduce)."""
-    shards = ShardSet.load(data, "train")
+    shards = ShardSet.load(Dataset.load(data), "train")
     streams = [TrainStream(shards, StreamSpec(1234, r, 2, 4, 2)) for r in (0, 1)]
     others = {s for g in range(steps * 2) for s, _ in streams[1 - rank].sample_ids(g)}
     mine = [s for s, _ in streams[rank].sample_ids(0) if s not in others]
@@ -70,11 +71,11 @@ def rank_only_shard(data: Path, rank: int, steps: int) -> str:
 
 
 def _rewrite_manifest_digest(data: Path, rel: str) -> None:
-    manifest = json.loads((data / "manifest.json").read_text())
-    for shard in manifest["splits"]["train"]["shards"]:
-        if shard["path"] == rel:
-            shard["sha256"] = sha256_file(data / rel)
-    (data / "manifest.json").write_text(json.dumps(manifest))
+    manifest = Dataset.load(data).manifest
+    for shard in manifest.splits["train"].shards:
+        if shard.path == rel:
+            shard.sha256 = sha256_file(data / rel)
+    manifest.write(data)
 
 
 def damage(data: Path, rel: str, how: str) -> str:

@@ -15,6 +15,7 @@ import torch
 from conftest import ROOT, STEPS, train_env
 
 from gpt_novel import consolidate, evaluate, generate
+from gpt_novel.data.dataset import Dataset
 from gpt_novel.data.shards import sha256_file
 from gpt_novel.data.stream import ShardSet
 from gpt_novel.data.vocab import Vocab
@@ -193,7 +194,7 @@ def test_sample_cli(random_model, tmp_path, capsys):
 
 def test_eval_numbers_match_a_direct_computation(random_model, sample_data):
     model, vocab = generate.load(random_model, "cpu", "fp32")
-    val = ShardSet.load(sample_data, "val")
+    val = ShardSet.load(Dataset.load(sample_data), "val")
     got = evaluate.perplexity(model, vocab, val, batch_size=3)
     samples = torch.from_numpy(np.stack([val.read(s, i) for s in range(len(val.counts))
                                          for i in range(int(val.counts[s]))]).astype(np.int64))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpt_novel.config import TrainConfig, train_config
+from gpt_novel.config import TrainConfig, check_files, train_config
 from gpt_novel.data.vocab import Vocab
 from gpt_novel.errors import UserError
 from gpt_novel.model import build_model, count_params, param_groups
@@ -14,7 +14,7 @@ from gpt_novel.model import build_model, count_params, param_groups
 @pytest.fixture(scope="module")
 def cfg(sample_data) -> TrainConfig:
     cfg, _ = train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "unused"])
-    return cfg.validate(world_size=2)
+    return cfg.validate(2, check_files(cfg))
 
 
 def test_preset_and_overrides(sample_data):
@@ -74,10 +74,10 @@ def test_activation_checkpointing_recomputes_the_same_gradients(cfg, sample_data
 def test_bad_configs_are_refused_with_one_line(sample_data, args, message):
     cfg, _ = train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "r", *args])
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
-        cfg.validate(world_size=2)
+        cfg.validate(2, check_files(cfg))
 
 
 def test_missing_data_directory(tmp_path):
     cfg, _ = train_config(["--config", "tiny", "--data", str(tmp_path), "--run-dir", "r"])
     with pytest.raises(UserError, match="not a prepared data directory"):
-        cfg.validate(world_size=1)
+        check_files(cfg)

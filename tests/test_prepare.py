@@ -121,11 +121,12 @@ def test_interrupted_prepare_leaves_nothing_that_looks_complete(tmp_path, cache_
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prepare.shards, "write_shards", boom)
+    monkeypatch.setattr(prepare.shards.ShardWriter, "add", boom)
     out = tmp_path / "d"
     assert run_prepare([SAMPLE_DIR], out, cache_dir, "--seq-len", "64") == 130
     assert not out.exists()
-    assert list(tmp_path.iterdir()) == []  # no partial directory left either
+    assert [p.name for p in tmp_path.iterdir()] == [".d.work"]  # no partial directory; the steps done are kept
+    assert not [p for p in (tmp_path / ".d.work").rglob("*") if ".tmp-" in p.name]
 
 
 @pytest.mark.parametrize(

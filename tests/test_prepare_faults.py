@@ -103,7 +103,8 @@ def test_a_damaged_or_foreign_cache_entry_is_recomputed(tmp_path, sample_text, e
 
 def test_file_result_round_trips_through_json():
     result = novels.FileResult("a.txt", encoding="gbk", plausibility=0.97, chars_in=9, lines_recoded=2,
-                                chapters=["第一章"], warnings=["w"])
+                                chapters=["第一章"], warnings=["w"], repeated=[["0123456789abcdef", True]],
+                                distinct_chars="一章第")
     result.removed.update(ads=3, toc=4)
     back = novels.FileResult.from_json(result.to_json())
     assert back == result and isinstance(back.removed, type(result.removed))
@@ -234,7 +235,8 @@ def test_unreadable_directories_and_pipes_are_listed_as_refused(tmp_path, sample
     real_scandir = os.scandir
 
     def scandir(path="."):
-        if Path(path) == inputs / "locked":  # root lists a chmod 000 directory anyway: the refusal is simulated
+        # root lists a chmod 000 directory anyway: the refusal is simulated (rmtree scans by file descriptor)
+        if isinstance(path, (str, os.PathLike)) and Path(path) == inputs / "locked":
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_scandir(path)
 
@@ -305,10 +307,10 @@ def test_mixed_encoding_lines_reach_the_shards_as_written(tmp_path, sample_text,
 
 @pytest.fixture
 def no_segmentation(monkeypatch):
-    def segment_all(*args, **kwargs):
+    def segment_step(*args, **kwargs):
         pytest.fail("segmentation ran although the error was known before it")
 
-    monkeypatch.setattr(prepare.segment, "segment_all", segment_all)
+    monkeypatch.setattr(prepare.stages, "segment_step", segment_step)
 
 
 def test_one_chapter_with_a_val_split_fails_before_segmentation(tmp_path, sample_text, capsys, no_segmentation):
@@ -332,15 +334,18 @@ def test_a_vocabulary_too_small_for_the_characters_fails_before_segmentation(tmp
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
 def test_a_full_disk_is_one_line_and_leaves_no_partial_output(tmp_path, capsys, monkeypatch, code):
-    def write_shards(samples, out_dir, *args, **kwargs):
-        (out_dir / "half.tar").parent.mkdir(parents=True, exist_ok=True)
-        (out_dir / "half.tar").write_bytes(b"x" * 100)
-        raise OSError(code, os.strerror(code), str(out_dir / "half.tar"))
+    def add(writer, samples):
+        (writer.out_dir / "half.tar").parent.mkdir(parents=True, exist_ok=True)
+        (writer.out_dir / "half.tar").write_bytes(b"x" * 100)
+        raise OSError(code, os.strerror(code), str(writer.out_dir / "half.tar"))
 
-    monkeypatch.setattr(prepare.shards, "write_shards", write_shards)
+    monkeypatch.setattr(prepare.shards.ShardWriter, "add", add)
     (tmp_path / "work").mkdir()
     out = tmp_path / "work" / "d"
     assert run_prepare([SAMPLE_DIR], out, tmp_path / "cache", *FAST) == 2
     err = capsys.readouterr().err
-    _one_line(err, "gpt-novel prepare: error: disk full while writing ", "/train/half.tar: ", " bytes free")
-    assert list((tmp_path / "work").iterdir()) == []  # no output, no partial build, no lock
+    _one_line(err, "gpt-novel prepare: error: disk full while writing ", "/half.tar: ", " bytes free")
+    # no output, no partial build, no lock; the steps done so far are kept for the run after space is freed
+    assert [p.name for p in (tmp_path / "work").iterdir()] == [".d.work"]
+    assert not [p for p in (tmp_path / "work" / ".d.work").rglob("*") if ".tmp-" in p.name]
+    assert (tmp_path / "work" / ".d.work" / "segment" / "p00000" / "DONE.json").exists()

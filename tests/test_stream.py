@@ -21,7 +21,7 @@ def shard_set(tmp_path_factory) -> ShardSet:
     samples = np.zeros((203, 9), dtype=np.uint16)
     samples[:, 0] = np.arange(203)
     infos = shards.write_shards(samples, root / "train", "train", 16, root)
-    return ShardSet(root, [i.to_json() for i in infos], 9, 1 << 16)
+    return ShardSet(root, infos, 9, 1 << 16)
 
 
 def _ids(batch: torch.Tensor) -> list[int]:
@@ -50,8 +50,8 @@ def test_single_rank_epoch_covers_everything_when_it_divides(tmp_path):
     samples[:, 0] = np.arange(64)
     root = tmp_path
     infos = shards.write_shards(samples, root / "train", "train", 10, root)
-    ids = _epoch(ShardSet(root, [i.to_json() for i in infos], 5, 1 << 16), 0, 2, mb=4, accum=2)
-    ids += _epoch(ShardSet(root, [i.to_json() for i in infos], 5, 1 << 16), 1, 2, mb=4, accum=2)
+    ids = _epoch(ShardSet(root, infos, 5, 1 << 16), 0, 2, mb=4, accum=2)
+    ids += _epoch(ShardSet(root, infos, 5, 1 << 16), 1, 2, mb=4, accum=2)
     assert sorted(ids) == list(range(64))
 
 
@@ -105,7 +105,7 @@ def test_one_shard_serves_more_ranks_and_workers_than_it_has_shards(tmp_path):
     samples = np.zeros((40, 5), dtype=np.uint16)
     samples[:, 0] = np.arange(40)
     infos = shards.write_shards(samples, tmp_path / "train", "train", 1000, tmp_path)
-    one = ShardSet(tmp_path, [i.to_json() for i in infos], 5, 1 << 16)
+    one = ShardSet(tmp_path, infos, 5, 1 << 16)
     assert len(one.counts) == 1
     seen = []
     for rank in range(2):

@@ -13,8 +13,7 @@ import hashlib
 import io
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
-from multiprocessing.pool import Pool
+from collections.abc import Iterator
 from pathlib import Path
 
 SEP = "\x1f"  # never in normalized text (control characters are removed), so it can join words in the cache
@@ -136,43 +135,14 @@ def default_cache_dir() -> Path:
     return Path(base) / "gpt-novel"
 
 
-def _segment_job(args: tuple[int, str, str | None]) -> tuple[int, str]:
-    """Cut one text; the words go back joined into one string, which pickles far faster than a list."""
-    index, text, cache_root = args
+def segment_cached(args: tuple[str, str | None]) -> tuple[str, bool]:
+    """One text's words joined by SEP (a string pickles far faster than a list), from the cache under the given
+    root or cut and cached; and whether it was cut anew. Runs in a pool worker."""
+    text, cache_root = args
+    cache = SegmentCache(Path(cache_root) if cache_root else None)
+    words = cache.get(text)
+    if words is not None:
+        return SEP.join(words), False
     words = segment_text(text)
-    SegmentCache(Path(cache_root) if cache_root else None).put(text, words)
-    return index, SEP.join(words)
-
-
-def segment_all(
-    texts: list[str],
-    cache: SegmentCache,
-    pool: Callable[[], Pool | None],
-    on_progress: Callable[[int], None] = lambda n: None,
-) -> tuple[list[list[str]], int]:
-    """Segment every text, from the cache where possible; returns the words per text and how many were cut anew.
-
-    `pool` returns a process pool (or None to work in this process); it is called only if something needs cutting.
-    Work is handed out longest first so that the workers finish together; the result does not depend on the
-    number of workers.
-    """
-    result: list[list[str] | None] = [None] * len(texts)
-    todo = []
-    for i, text in enumerate(texts):
-        cached = cache.get(text)
-        if cached is None:
-            todo.append(i)
-        else:
-            result[i] = cached
-            on_progress(len(text))
-    todo.sort(key=lambda i: -len(texts[i]))
-    root = str(cache.root) if cache.root else None
-    jobs = ((i, texts[i], root) for i in todo)
-    workers = pool() if todo else None  # started only when something is not cached
-    results: Iterable[tuple[int, str]] = (
-        workers.imap_unordered(_segment_job, jobs, chunksize=1) if workers is not None else map(_segment_job, jobs)
-    )
-    for i, joined in results:
-        result[i] = joined.split(SEP) if joined else []
-        on_progress(len(texts[i]))
-    return result, len(todo)  # type: ignore[return-value]
+    cache.put(text, words)
+    return SEP.join(words), True

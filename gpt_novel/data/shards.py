@@ -67,23 +67,75 @@ def samples_per_shard(shard_bytes: int, seq_len: int, dtype: np.dtype) -> int:
     return max(1, shard_bytes // member)
 
 
-def write_shards(samples: np.ndarray, out_dir: Path, split: str, per_shard: int, root: Path) -> list[ShardInfo]:
-    """Write `split-000000.tar`, … under out_dir; keys are the global sample index so order is recoverable.
+class Packer:
+    """The packing rule over a stream fed in pieces (chapter by chapter): memory is one sample, not the stream.
+
+    `feed` returns the samples completed so far; `unused` is what never became a label: the ids after the last
+    sample's last label, or the whole stream when not one sample was filled (its first id is never a label)."""
+
+    def __init__(self, seq_len: int, dtype: np.dtype):
+        self.seq_len, self.samples = seq_len, 0
+        self._buf = np.empty(0, dtype=dtype)
+
+    def feed(self, ids: np.ndarray) -> np.ndarray:
+        self._buf = np.concatenate([self._buf, ids.astype(self._buf.dtype, copy=False)])
+        out, rest = pack(self._buf, self.seq_len)
+        if len(out):
+            self._buf = self._buf[len(out) * self.seq_len :]  # the last label is the next sample's first input
+            self.samples += len(out)
+        return out
+
+    def unused(self) -> np.ndarray:
+        return self._buf[1:] if self.samples else self._buf
+
+
+class ShardWriter:
+    """Samples → `<prefix>-000000.tar`, … in `out_dir`, a fixed number per shard, written as they come.
 
     A WebDataset shard is a plain tar whose members are `<key>.<field>`; the standard library writes it as
-    webdataset's TarWriter would (that one imports torch, a second of start-up for nothing here).
+    webdataset's TarWriter would (that one imports torch, a second of start-up for nothing here). Keys are
+    `<prefix>-<index in this writer>`, so they are unique across a split whose writers have distinct prefixes;
+    `split` is the directory the shards have in the data directory (the `path` of each ShardInfo).
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shards = []
-    seq_len = samples.shape[1] - 1
-    for shard_no, start in enumerate(range(0, len(samples), per_shard)):
-        path = out_dir / f"{split}-{shard_no:06d}.tar"
-        chunk = samples[start : start + per_shard]
-        with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for offset, sample in enumerate(chunk):
-                _add_member(tar, f"{split}-{start + offset:09d}.{SAMPLE_FIELD}", _npy_bytes(sample))
-        shards.append(ShardInfo(str(path.relative_to(root)), len(chunk), len(chunk) * seq_len, sha256_file(path)))
-    return shards
+
+    def __init__(self, out_dir: Path, split: str, prefix: str, per_shard: int):
+        self.out_dir, self.split, self.prefix, self.per_shard = out_dir, split, prefix, per_shard
+        self.written: list[ShardInfo] = []
+        self._tar: tarfile.TarFile | None = None
+        self._count = self._in_shard = self._seq_len = 0
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._close_shard()
+
+    def add(self, samples: np.ndarray) -> None:
+        for sample in samples:
+            if self._tar is None:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                name = f"{self.prefix}-{len(self.written):06d}.tar"
+                self._tar = tarfile.open(self.out_dir / name, "w", format=tarfile.USTAR_FORMAT)
+            _add_member(self._tar, f"{self.prefix}-{self._count:09d}.{SAMPLE_FIELD}", _npy_bytes(sample))
+            self._count, self._in_shard, self._seq_len = self._count + 1, self._in_shard + 1, len(sample) - 1
+            if self._in_shard == self.per_shard:
+                self._close_shard()
+
+    def _close_shard(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        path = Path(self._tar.name)
+        self.written.append(ShardInfo(f"{self.split}/{path.name}", self._in_shard, self._in_shard * self._seq_len,
+                                      sha256_file(path)))
+        self._tar, self._in_shard = None, 0
+
+
+def write_shards(samples: np.ndarray, out_dir: Path, split: str, per_shard: int, root: Path) -> list[ShardInfo]:
+    """Write `split-000000.tar`, … under out_dir (= root/split); keys are the sample index, so order is recoverable."""
+    with ShardWriter(out_dir, str(out_dir.relative_to(root)), split, per_shard) as writer:
+        writer.add(samples)
+    return writer.written
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -21,7 +21,6 @@ import ctypes
 import functools
 import hashlib
 import io
-import json
 import os
 import signal
 import sys
@@ -33,8 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpt_novel.data.dataset import Dataset
 from gpt_novel.data.segment import default_cache_dir
-from gpt_novel.data.shards import SAMPLE_FIELD, sha256_file
+from gpt_novel.data.shards import SAMPLE_FIELD, ShardInfo, sha256_file
 from gpt_novel.errors import UserError
 
 
@@ -46,24 +46,23 @@ class ShardSet:
     rerun does not read every shard twice), and every sample's ids against the vocabulary size: a missing,
     truncated, altered or foreign shard is a `UserError` naming it, never a silent or cryptic failure."""
 
-    def __init__(self, root: Path, shards: list[dict], sample_len: int, vocab_size: int):
+    def __init__(self, root: Path, shards: list[ShardInfo], sample_len: int, vocab_size: int):
         self.root = root
-        self.paths = [root / s["path"] for s in shards]
-        self.digests = [s["sha256"] for s in shards]
-        self.counts = np.array([s["samples"] for s in shards], dtype=np.int64)
+        self.paths = [root / s.path for s in shards]
+        self.digests = [s.sha256 for s in shards]
+        self.counts = np.array([s.samples for s in shards], dtype=np.int64)
         self.sample_len, self.vocab_size = sample_len, vocab_size
         self._offsets: dict[int, list[int]] = {}
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
 
     @classmethod
-    def load(cls, data_dir: str | Path, split: str) -> ShardSet:
-        root = Path(data_dir)
-        manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
-        if split not in manifest["splits"]:
-            raise UserError(f"{root} has no {split} split")
-        return cls(root, manifest["splits"][split]["shards"], manifest["sample_len"],
-                   manifest["tokenizer"]["vocab_size"])
+    def load(cls, dataset: Dataset, split: str) -> ShardSet:
+        """The shards of `split` as the dataset's (already checked) manifest lists them."""
+        found = dataset.split(split)
+        if found is None:
+            raise UserError(f"{dataset.root} has no {split} split")
+        return cls(dataset.root, found.shards, dataset.sample_len, dataset.vocab_size)
 
     @property
     def total(self) -> int:

@@ -29,17 +29,22 @@ _SKIPPED_IN_TEXT = (CLS, MASK, PAD)
 
 def build_tokens(words: Counter, kind: str, vocab_size: int) -> list[str]:
     """Specials, then all characters by frequency, then (word vocabulary) the most frequent words to fill the size."""
-    chars: Counter = Counter({w: n for w, n in words.items() if len(w) == 1})
+    chars: Counter = Counter()
     for word, n in words.items():
-        if len(word) > 1:
-            for ch in word:
-                chars[ch] += n
+        for ch in word:
+            chars[ch] += n
     chars.pop("\n", None)
+    return tokens_from_counts(chars, [(w, n) for w, n in words.items() if len(w) > 1 and n > 1], kind, vocab_size)
+
+
+def tokens_from_counts(chars: Counter, words: list[tuple[str, int]], kind: str, vocab_size: int) -> list[str]:
+    """The token list from character counts (characters inside words counted too, newline excluded) and the
+    multi-character words seen at least twice with their counts (any order; those beyond the size may be absent):
+    ties are broken by the token itself, so the list never depends on the order counts were merged in."""
     check_vocab_size(len(chars), vocab_size)
     tokens = list(SPECIAL_TOKENS) + sorted(chars, key=lambda c: (-chars[c], c))
     if kind == "word":
-        multi = sorted((w for w in words if len(w) > 1 and words[w] > 1), key=lambda w: (-words[w], w))
-        tokens += multi[: vocab_size - len(tokens)]
+        tokens += [w for w, _ in sorted(words, key=lambda x: (-x[1], x[0]))][: vocab_size - len(tokens)]
     return tokens
 
 

@@ -1,0 +1,604 @@
+"""The steps of `prepare` over deterministic partitions of the input, each restartable, each memory-bounded.
+
+    plan      list and hash the inputs; cut the sorted listing into partitions of about --partition-size bytes
+    read      per partition: decode, clean, split chapters (one file at a time, in the pool)
+    merge     once: boilerplate lines (repeated across files) and exact-duplicate chapters, by hash buckets
+    segment   per partition: drop duplicates and boilerplate lines, segment with thulac, count words
+    vocab     once: merge the word counts bucket by bucket into the vocabulary; settle the val split's minimum
+    encode    per partition: ids, train/val by a per-chapter hash, pack and write the partition's train shards
+    (finish)  once, in `prepare`: tail and val shards, manifest, report, publish
+
+Partitions depend on the input listing (sorted paths and sizes) and --partition-size alone, never on the number
+of workers or Slurm tasks, and every step's output depends only on its partition and the reduces' outputs: any
+way of spreading the work gives the same bytes. A process holds at most one file, the chapters in flight in its
+pool, one partition's word counts and one hash bucket of a reduce: memory does not grow with the corpus.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import heapq
+import itertools
+import json
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from gpt_novel.config import PrepareConfig, parse_size
+from gpt_novel.data import boilerplate, ingest, novels, segment, shards
+from gpt_novel.data.dataset import FORMAT, TOKENIZER_DIR, Split
+from gpt_novel.data.novels import FileResult
+from gpt_novel.data.shards import ShardInfo
+from gpt_novel.data.vocab import Vocab, check_vocab_size, tokens_from_counts
+from gpt_novel.data.workdir import ALL, WorkDir, key_of, read_records, write_json
+from gpt_novel.data.workers import LazyPool, ordered_map
+from gpt_novel.errors import UserError
+
+PLAN = "plan.json"
+PARTITION_STEPS = ("read", "segment", "encode")
+BUCKETS = 256  # hash buckets of the reduces: each holds 1/256 of the chapters' digests or of the distinct words
+# Every step's output depends on the code of the data stages: a change to any of them redoes the work directory.
+CODE = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py")))).hexdigest()
+
+
+# --- the plan ---------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The inputs (path, bytes, sha256, or the reason one cannot be read) cut into partitions, and the options
+    that shape the output. Written by the plan step; every other step reads it and derives its keys from it."""
+
+    fingerprint: str
+    options: dict
+    partitions: list[list[dict]]
+    refused: list[list[str]]  # paths the listing could not use, with why
+    warnings: list[str]
+
+    def read_key(self, part: int) -> str:
+        files = [(d["path"], d.get("sha256", d.get("error"))) for d in self.partitions[part]]
+        return key_of("read", CODE, self.options["to_simplified"], files)
+
+    def merge_key(self) -> str:
+        return key_of("merge", CODE, [self.read_key(p) for p in range(len(self.partitions))])
+
+    def segment_key(self, part: int) -> str:
+        kind = self.options["tokenizer"]
+        return key_of("segment", CODE, self.read_key(part), self.merge_key(), kind,
+                      segment.SEGMENTER_ID if kind == "word" else "")
+
+    def vocab_key(self) -> str:
+        opts = {k: self.options[k] for k in ("tokenizer", "vocab_size", "seed", "val_ratio", "seq_len")}
+        return key_of("vocab", CODE, [self.segment_key(p) for p in range(len(self.partitions))], opts)
+
+    def encode_key(self, part: int) -> str:
+        opts = {k: self.options[k] for k in ("seq_len", "shard_size")}
+        return key_of("encode", CODE, self.segment_key(part), self.vocab_key(), opts)
+
+    def save(self, work: WorkDir) -> None:
+        work.root.mkdir(parents=True, exist_ok=True)
+        tmp = work.root / f".{PLAN}.tmp"
+        write_json(tmp, dataclasses.asdict(self))
+        tmp.replace(work.root / PLAN)
+
+    @classmethod
+    def load(cls, work: WorkDir) -> Plan:
+        try:
+            obj = json.loads((work.root / PLAN).read_text(encoding="utf-8"))
+            return cls(obj["fingerprint"], dict(obj["options"]), [list(p) for p in obj["partitions"]],
+                       [list(r) for r in obj["refused"]], [str(w) for w in obj["warnings"]])
+        except FileNotFoundError:
+            raise UserError(f"{work.root} holds no plan: run the plan step first (--step plan)") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{work.root / PLAN} is damaged ({e}): run the plan step again") from None
+
+
+def make_plan(cfg: PrepareConfig, found: ingest.Found, pool: LazyPool) -> Plan:
+    """Hash every input (in the pool) and cut the listing into partitions."""
+    inputs = list(tqdm(ordered_map(pool, describe_input, found.files), total=len(found.files), desc="hash",
+                       unit="file", disable=None))
+    options = cfg.output_options()
+    blob = json.dumps({"inputs": [(i["path"], i.get("sha256")) for i in inputs], "options": options,
+                       "format": FORMAT}, sort_keys=True)
+    return Plan(hashlib.sha256(blob.encode()).hexdigest(), options,
+                partition(inputs, parse_size(cfg.partition_size, "--partition-size")),
+                [list(r) for r in found.refused], list(found.warnings))
+
+
+def describe_input(path: Path) -> dict:
+    """Path, size and sha256; a file that cannot be read gets its reason instead (it is refused, not fatal)."""
+    try:
+        return {"path": str(path), "bytes": path.stat().st_size, "sha256": shards.sha256_file(path)}
+    except OSError as e:
+        return {"path": str(path), "error": f"cannot read: {e.strerror}"}
+
+
+def partition(inputs: list[dict], budget: int) -> list[list[dict]]:
+    """Consecutive inputs (in sorted order) grouped up to `budget` bytes; a larger file is a partition alone."""
+    parts: list[list[dict]] = []
+    size = budget
+    for item in inputs:
+        if size + item.get("bytes", 0) > budget and (not parts or parts[-1]):
+            parts.append([])
+            size = 0
+        parts[-1].append(item)
+        size += item.get("bytes", 0)
+    return parts
+
+
+def mine(parts: int, task: int, tasks: int) -> list[int]:
+    """The partitions of task `task` of `tasks`: every tasks-th, so that each task gets large and small ones."""
+    return list(range(task, parts, tasks))
+
+
+def _todo(work: WorkDir, step: str, parts: list[int], key) -> list[int]:
+    todo = [p for p in parts if not work.done(step, p, key(p))]
+    skipped = [p for p in parts if p not in todo]
+    if skipped:
+        print(f"{step}: partition(s) {ranges(skipped)} done earlier, kept")
+    if todo:
+        print(f"{step}: partition(s) {ranges(todo)} to do")
+    for p in todo:
+        work.remove_unfinished(step, p)
+    return todo
+
+
+def ranges(parts: list[int]) -> str:
+    out = []
+    for _, group in itertools.groupby(enumerate(parts), lambda x: x[1] - x[0]):
+        run = [p for _, p in group]
+        out.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+    return ",".join(out)
+
+
+def require(work: WorkDir, step: str, parts: list[int], key) -> None:
+    """A reduce or a later step needs every partition of `step`: say which are missing, in one line."""
+    missing = [p for p in parts if not work.done(step, p, key(p))]
+    if missing:
+        raise UserError(f"the {step} step is not complete for partition(s) {ranges(missing)} of {work.root}: "
+                        f"run it for them first (prepare again, or resubmit the Slurm job)")
+
+
+# --- read -------------------------------------------------------------------------------------------------------
+
+def read(plan: Plan, work: WorkDir, parts: list[int], pool: LazyPool, cache_root: Path | None) -> None:
+    """Per partition: chapters.jsonl ([file, text] per chapter), files.jsonl (each file's FileResult without its
+    chapters) and the chapters' sha256 digests (sorted, for the merge's buckets)."""
+    todo = _todo(work, "read", parts, plan.read_key)
+    jobs = [(p, d, plan.options["to_simplified"], str(cache_root) if cache_root else None)
+            for p in todo for d in plan.partitions[p]]
+    results = ordered_map(pool, _read_one, jobs)
+    with tqdm(total=len(jobs), desc="read+clean", unit="file", disable=None) as bar:
+        for p, group in itertools.groupby(results, key=lambda r: r[0]):
+            info: dict = {}
+            with work.output("read", p, plan.read_key(p), info) as out:
+                _write_read(out, _counted(((r, t) for _, r, t in group), bar, lambda x: 1), info)
+
+
+def _counted(items: Iterator, bar: tqdm, size) -> Iterator:
+    for item in items:
+        bar.update(size(item))
+        yield item
+
+
+def _read_one(job: tuple[int, dict, bool, str | None]) -> tuple[int, FileResult, float]:
+    """One file's FileResult (from the cache when it holds this content) and the CPU seconds it took."""
+    part, desc, to_simplified, cache_root = job
+    start = time.process_time()
+    if "error" in desc:
+        return part, FileResult(desc["path"], status="refused", reason=desc["error"]), 0.0
+    result = novels.read_job((desc["path"], desc["sha256"], to_simplified, cache_root))
+    if shards.sha256_file(Path(desc["path"])) != desc["sha256"]:
+        raise UserError(f"{desc['path']} changed while prepare was running: run it again")
+    return part, result, time.process_time() - start
+
+
+def _write_read(out: Path, results: Iterator[tuple[FileResult, float]], info: dict) -> None:
+    digests: list[tuple[int, int, int]] = []
+    chars: set[str] = set()
+    seconds = chars_in = 0.0
+    with open(out / "chapters.jsonl", "w", encoding="utf-8") as f, \
+            open(out / "files.jsonl", "w", encoding="utf-8") as g:
+        for n, (r, spent) in enumerate(results):
+            for text in r.chapters:
+                f.write(json.dumps([n, text], ensure_ascii=False) + "\n")
+                digests.append((*_digest(text), len(digests)))
+                chars.update(text)
+            g.write(dataclasses.replace(r, chapters=[]).to_json() + "\n")
+            _warn(r)
+            seconds, chars_in = seconds + spent, chars_in + r.chars_in
+    table = np.array(sorted(digests), dtype=np.uint64).reshape(-1, 3)
+    for name, column in zip(("digest_hi", "digest_lo", "digest_idx"), table.T, strict=True):
+        np.save(out / f"{name}.npy", np.ascontiguousarray(column))
+    chars.discard("\n")
+    info.update(chapters=len(digests), distinct_chars="".join(sorted(chars)), seconds=seconds, chars_in=chars_in)
+
+
+def _warn(r: FileResult) -> None:
+    if r.status != "ok":
+        print(f"warning: skipping {r.path}: {r.reason}", file=sys.stderr)
+    for w in r.warnings:
+        print(f"warning: {r.path}: {w}", file=sys.stderr)
+
+
+def _digest(text: str) -> tuple[int, int]:
+    d = hashlib.sha256(text.encode()).digest()
+    return int.from_bytes(d[:8], "big"), int.from_bytes(d[8:16], "big")
+
+
+def file_results(work: WorkDir, part: int) -> Iterator[FileResult]:
+    with open(work.path("read", part) / "files.jsonl", encoding="utf-8") as f:
+        for line in f:
+            yield FileResult.from_json(line)
+
+
+# --- merge: boilerplate and duplicates --------------------------------------------------------------------------
+
+def merge(plan: Plan, work: WorkDir) -> dict:
+    """Boilerplate keys (lines repeated across files, see `boilerplate`) and, per hash bucket of the chapters'
+    digests, the chapters that repeat an earlier one (in input order): `drops-BBB.npy` rows (partition, chapter).
+    Returns the facts the checks before segmentation need."""
+    parts = list(range(len(plan.partitions)))
+    require(work, "read", parts, plan.read_key)
+    key = plan.merge_key()
+    if not work.done("merge", ALL, key):
+        work.remove_unfinished("merge", ALL)
+        info: dict = {}
+        with work.output("merge", ALL, key, info) as out:
+            info.update(boilerplate=_boilerplate(work, parts, out), duplicates=_duplicates(work, parts, out))
+    return work.info("merge")
+
+
+def _boilerplate(work: WorkDir, parts: list[int], out: Path) -> int:
+    files, url = Counter(), set()
+    for p in parts:
+        for r in file_results(work, p):
+            for k, has_url in r.repeated:
+                files[k] += 1
+                if has_url:
+                    url.add(k)
+    keys = sorted(k for k, n in files.items() if boilerplate.is_boilerplate(n, k in url))
+    write_json(out / "boilerplate.json", keys)
+    return len(keys)
+
+
+def _duplicates(work: WorkDir, parts: list[int], out: Path) -> int:
+    tables = [(p, *(np.load(work.path("read", p) / f"digest_{c}.npy", mmap_mode="r") for c in ("hi", "lo", "idx")))
+              for p in parts]
+    width, dropped = 1 << 56, 0
+    for b in range(BUCKETS):
+        pieces = []
+        for p, hi, lo, idx in tables:
+            s, e = np.searchsorted(hi, np.uint64(b * width)), np.searchsorted(hi, np.uint64(b * width + width - 1),
+                                                                              "right")
+            pieces.append((np.full(e - s, p, np.uint64), hi[s:e], lo[s:e], idx[s:e]))
+        part, hi, lo, idx = (np.concatenate(c) for c in zip(*pieces, strict=True))
+        order = np.lexsort((idx, part, lo, hi))
+        hi, lo, part, idx = hi[order], lo[order], part[order], idx[order]
+        repeat = np.zeros(len(hi), dtype=bool)
+        repeat[1:] = (hi[1:] == hi[:-1]) & (lo[1:] == lo[:-1])
+        if repeat.any():
+            rows = np.stack([part[repeat], idx[repeat]], axis=1)
+            np.save(out / f"drops-{b:03d}.npy", rows[np.lexsort((rows[:, 1], rows[:, 0]))])
+            dropped += int(repeat.sum())
+    return dropped
+
+
+def drops(work: WorkDir, part: int) -> set[int]:
+    """The chapters of a partition that repeat an earlier chapter."""
+    found: set[int] = set()
+    for path in sorted(work.path("merge").glob("drops-*.npy")):
+        rows = np.load(path, allow_pickle=False)
+        s, e = np.searchsorted(rows[:, 0], part), np.searchsorted(rows[:, 0], part, "right")
+        found.update(int(i) for i in rows[s:e, 1])
+    return found
+
+
+def check_before_segmenting(plan: Plan, work: WorkDir, merged: dict) -> None:
+    """What can be known from the cleaned text fails now, not after hours of segmentation."""
+    parts = range(len(plan.partitions))
+    chapters = sum(work.info("read", p)["chapters"] for p in parts) - merged["duplicates"]
+    if chapters == 0:
+        reasons = [f"{r.path}: {r.reason}" for p in parts for r in file_results(work, p)]
+        raise UserError("no usable text in any input file: " + "; ".join(reasons))
+    if plan.options["val_ratio"] > 0 and chapters < 2:
+        raise UserError("only one chapter in the corpus: cannot hold one out for validation (use --val-ratio 0)")
+    chars = set().union(*(work.info("read", p)["distinct_chars"] for p in parts))
+    check_vocab_size(len(chars), plan.options["vocab_size"])
+
+
+# --- segment ----------------------------------------------------------------------------------------------------
+
+def segment_step(plan: Plan, work: WorkDir, parts: list[int], pool: LazyPool, cache_root: Path | None) -> None:
+    """Per partition: words.jsonl ([file, chapter, digest hi, digest lo, words joined by segment.SEP]), the
+    word counts by hash bucket (counts.tsv + counts_index.npy), kept.npy (chapter, lower bound of its ids,
+    digest hi, lo) for the val split, and removed.json (characters per file under duplicate_chapter, boilerplate)."""
+    require(work, "merge", [ALL], lambda p: plan.merge_key())
+    todo = _todo(work, "segment", parts, plan.segment_key)
+    keys = set(json.loads((work.path("merge") / "boilerplate.json").read_text(encoding="utf-8")))
+    word = plan.options["tokenizer"] == "word"
+    removed: dict[int, dict[int, Counter]] = {}
+    jobs = _segment_jobs(work, todo, keys, removed, str(cache_root) if cache_root and word else None, word)
+    results = ordered_map(pool, _segment_one, jobs)
+    with tqdm(desc="segment", unit="char", unit_scale=True, disable=None) as bar:
+        for p, group in itertools.groupby(results, key=lambda r: r[0]):
+            info: dict = {}
+            with work.output("segment", p, plan.segment_key(p), info) as out:
+                chapters = _counted((r[1:] for r in group if r[1] is not None), bar, lambda r: len(r[4]))
+                _write_segmented(out, chapters, word, info)
+                write_json(out / "removed.json", {n: dict(c) for n, c in sorted(removed.pop(p).items())})
+
+
+def _segment_jobs(work: WorkDir, todo: list[int], keys: set[str], removed: dict, cache_root: str | None,
+                  word: bool) -> Iterator[tuple]:
+    """(partition, file, chapter, hi, lo, text, cache, word) per kept chapter, then (partition, None, …) to
+    close the partition even when it keeps nothing; duplicates and boilerplate lines are counted as removed."""
+    for p in todo:
+        dropped, removed[p] = drops(work, p), {}
+        for idx, (n, text) in enumerate(read_records(work.path("read", p) / "chapters.jsonl")):
+            counts = removed[p].setdefault(n, Counter())
+            if idx in dropped:
+                counts["duplicate_chapter"] += len(text)
+                continue
+            lines = boilerplate.remove(text.split("\n"), keys, counts)
+            if lines:
+                yield (p, n, idx, *_digest(text), "\n".join(lines), cache_root, word)
+        yield (p, None, None, 0, 0, "", None, word)
+
+
+def _segment_one(job: tuple) -> tuple:
+    p, n, idx, hi, lo, text, cache_root, word = job
+    if n is None:
+        return p, None, None, 0, 0, "", "", False, 0.0
+    start = time.process_time()
+    joined, fresh = segment.segment_cached((text, cache_root)) if word else (text, False)
+    return p, n, idx, hi, lo, text, joined, fresh, time.process_time() - start
+
+
+def split_words(joined: str, word: bool) -> list[str]:
+    """A chapter's words as stored in words.jsonl: joined by segment.SEP, or (char vocabulary) the text itself."""
+    return (joined.split(segment.SEP) if joined else []) if word else list(joined)
+
+
+def _write_segmented(out: Path, chapters: Iterator[tuple], word: bool, info: dict) -> None:
+    counts: Counter = Counter()
+    kept, fresh, seconds, chars = [], 0, 0.0, 0
+    with open(out / "words.jsonl", "w", encoding="utf-8") as f:
+        for n, idx, hi, lo, text, joined, cut, spent in chapters:
+            words = split_words(joined, word)
+            counts.update(words)
+            f.write(json.dumps([n, idx, hi, lo, joined], ensure_ascii=False) + "\n")
+            kept.append((idx, len(words) + 2, hi, lo))
+            fresh, seconds, chars = fresh + cut, seconds + spent, chars + len(text)
+    np.save(out / "kept.npy", np.array(kept, dtype=np.uint64).reshape(-1, 4))
+    _write_counts(out, counts)
+    info.update(segmented=fresh, seconds=seconds, chars=chars)
+
+
+def _bucket(word: str) -> int:
+    return hashlib.blake2b(word.encode(), digest_size=2).digest()[0]
+
+
+def _write_counts(out: Path, counts: Counter) -> None:
+    """word<TAB>count lines (word as JSON), grouped by hash bucket; counts_index.npy holds each bucket's offset."""
+    groups: dict[int, list[str]] = {}
+    for w, n in sorted(counts.items()):
+        groups.setdefault(_bucket(w), []).append(f"{json.dumps(w, ensure_ascii=False)}\t{n}\n")
+    offsets = np.zeros(BUCKETS + 1, dtype=np.int64)
+    with open(out / "counts.tsv", "wb") as f:
+        for b in range(BUCKETS):
+            offsets[b] = f.tell()
+            f.write("".join(groups.get(b, [])).encode())
+        offsets[BUCKETS] = f.tell()
+    np.save(out / "counts_index.npy", offsets)
+
+
+def _bucket_counts(work: WorkDir, parts: list[int], b: int) -> Counter:
+    counts: Counter = Counter()
+    for p in parts:
+        index = np.load(work.path("segment", p) / "counts_index.npy")
+        with open(work.path("segment", p) / "counts.tsv", "rb") as f:
+            f.seek(int(index[b]))
+            chunk = f.read(int(index[b + 1] - index[b])).decode()
+        for line in chunk.split("\n")[:-1]:
+            word, n = line.rsplit("\t", 1)
+            counts[json.loads(word)] += int(n)
+    return counts
+
+
+# --- vocab ------------------------------------------------------------------------------------------------------
+
+def vocab_step(plan: Plan, work: WorkDir) -> Vocab:
+    """The vocabulary from every partition's counts, one hash bucket at a time (the same tokens, in the same
+    order, as counting the whole corpus at once), and the val split's extra chapters (see `val_extra`)."""
+    parts = list(range(len(plan.partitions)))
+    require(work, "segment", parts, plan.segment_key)
+    key = plan.vocab_key()
+    if not work.done("vocab", ALL, key):
+        work.remove_unfinished("vocab", ALL)
+        opts = plan.options
+        chars, best = Counter(), []
+        for b in tqdm(range(BUCKETS), desc="vocab", unit="bucket", disable=None):
+            counts = _bucket_counts(work, parts, b)
+            for w, n in counts.items():
+                for ch in w:
+                    chars[ch] += n
+            if opts["tokenizer"] == "word":
+                multi = ((w, n) for w, n in counts.items() if len(w) > 1 and n > 1)
+                best = heapq.nsmallest(opts["vocab_size"], itertools.chain(best, multi), key=lambda x: (-x[1], x[0]))
+        chars.pop("\n", None)
+        vocab = Vocab(tokens_from_counts(chars, best, opts["tokenizer"], opts["vocab_size"]), opts["tokenizer"],
+                      opts["to_simplified"])
+        extra = val_extra(work, parts, opts)
+        with work.output("vocab", ALL, key, {"vocab_size": len(vocab), "val_extra": len(extra)}) as out:
+            vocab.save(out / "tokenizer")
+            np.save(out / "val_extra.npy", np.array(extra, dtype=np.uint64).reshape(-1, 2))
+    return Vocab.load(work.path("vocab") / "tokenizer")
+
+
+def val_score(hi: np.ndarray, lo: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform 64-bit score per chapter from its digest and the seed (splitmix64): a chapter is held out when
+    its score is below val_ratio × 2^64, whichever partition or task it is in."""
+    with np.errstate(over="ignore"):
+        z = hi.astype(np.uint64) ^ (lo.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ np.uint64(seed)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def val_threshold(ratio: float) -> np.uint64:
+    return np.uint64(int(ratio * 2**64))
+
+
+def val_extra(work: WorkDir, parts: list[int], opts: dict) -> list[tuple[int, int]]:
+    """Chapters added to the val split when the hash draw gave it no chapter or fewer ids than one sample: the
+    train chapters of lowest score, until it has both (never the last train chapter). Ids are bounded below by
+    words + 2, so the val split is sure to fill a sample."""
+    if opts["val_ratio"] == 0:
+        return []
+    need, threshold = opts["seq_len"] + 1, val_threshold(opts["val_ratio"])
+    held = total = ids = 0
+    best = np.empty((0, 4), dtype=np.uint64)  # score, partition, chapter, ids lower bound
+    for p in parts:
+        kept = np.load(work.path("segment", p) / "kept.npy")
+        score = val_score(kept[:, 2], kept[:, 3], opts["seed"])
+        val = score < threshold
+        held, total, ids = held + int(val.sum()), total + len(kept), ids + int(kept[val, 1].sum())
+        rest = np.stack([score[~val], np.full((~val).sum(), p, np.uint64), kept[~val, 0], kept[~val, 1]], axis=1)
+        both = np.concatenate([best, rest])
+        best = both[np.lexsort((both[:, 2], both[:, 1], both[:, 0]))][:need]
+    extra = []
+    for _, p, idx, n in best:
+        if (held + len(extra) and ids >= need) or held + len(extra) >= total - 1:
+            break
+        extra.append((int(p), int(idx)))
+        ids += int(n)
+    return sorted(extra)
+
+
+# --- encode -----------------------------------------------------------------------------------------------------
+
+def encode(plan: Plan, work: WorkDir, parts: list[int], pool: LazyPool) -> None:
+    """Per partition: its train chapters packed into train-pNNNNN-*.tar (the packing rule within a partition),
+    the ids that did not fill a sample (train_tail.npy) and its val chapters' ids (val.npy), for `finish`."""
+    require(work, "vocab", [ALL], lambda p: plan.vocab_key())
+    todo = _todo(work, "encode", parts, plan.encode_key)
+    jobs = [(plan, work.root, p) for p in todo]
+    for _ in tqdm(ordered_map(pool, _encode_partition, jobs, per_worker=1), total=len(jobs), desc="encode",
+                  unit="partition", disable=None):
+        pass
+
+
+def _encode_partition(job: tuple[Plan, Path, int]) -> None:
+    plan, root, p = job
+    work, start = WorkDir(root), time.process_time()
+    vocab = Vocab.load(work.path("vocab") / "tokenizer")
+    dtype, opts = shards.dtype_for(len(vocab)), plan.options
+    extra = np.load(work.path("vocab") / "val_extra.npy")
+    extra_here = {int(i) for q, i in extra if q == p}
+    threshold = val_threshold(opts["val_ratio"])
+    per_shard = shards.samples_per_shard(parse_size(opts["shard_size"], "--shard-size"), opts["seq_len"], dtype)
+    files: dict[int, Counter] = {}
+    val, packer, info = [], shards.Packer(opts["seq_len"], dtype), {}
+    with work.output("encode", p, plan.encode_key(p), info) as out:
+        with shards.ShardWriter(out, "train", f"train-p{p:05d}", per_shard) as writer:
+            for n, idx, hi, lo, joined in read_records(work.path("segment", p) / "words.jsonl"):
+                words = split_words(joined, opts["tokenizer"] == "word")
+                ids = np.array([vocab.mask, *vocab.ids_of_words(words), vocab.cls], dtype=dtype)
+                stats = files.setdefault(n, Counter())
+                stats.update(chapters=1, kept=sum(map(len, words)), unk=int(np.count_nonzero(ids == vocab.unk)))
+                score = val_score(np.array([hi], np.uint64), np.array([lo], np.uint64), opts["seed"])[0]
+                if (opts["val_ratio"] > 0 and score < threshold) or idx in extra_here:
+                    val.append(ids)
+                    stats["val_chapters"] += 1
+                else:
+                    writer.add(packer.feed(ids))
+        np.save(out / "train_tail.npy", packer.unused())
+        np.save(out / "val.npy", np.concatenate(val) if val else np.empty(0, dtype))
+        info.update(files={n: dict(c) for n, c in sorted(files.items())}, samples=packer.samples,
+                    shards=[s.to_json() for s in writer.written], seconds=time.process_time() - start)
+
+
+# --- finish -----------------------------------------------------------------------------------------------------
+
+def finish(plan: Plan, work: WorkDir, build: Path) -> tuple[dict[str, Split], dict]:
+    """Fill `build` (the data directory being made): the tokenizer, each partition's train shards (hard links
+    into the work directory where the file system allows), then the partitions' leftover train ids and all val
+    ids packed in partition order into the tail and val shards. Returns the splits and the report."""
+    parts = list(range(len(plan.partitions)))
+    require(work, "encode", parts, plan.encode_key)
+    shutil.copytree(work.path("vocab") / "tokenizer", build / TOKENIZER_DIR)
+    vocab = Vocab.load(build / TOKENIZER_DIR)
+    dtype, seq_len = shards.dtype_for(len(vocab)), plan.options["seq_len"]
+    per_shard = shards.samples_per_shard(parse_size(plan.options["shard_size"], "--shard-size"), seq_len, dtype)
+    infos = [work.info("encode", p) for p in parts]
+    train = [ShardInfo(**s) for info in infos for s in info["shards"]]
+    for p, info in zip(parts, infos, strict=True):
+        for s in info["shards"]:
+            _link(work.path("encode", p) / Path(s["path"]).name, build / s["path"])
+    tail = _pack_all(build, "train", "train-tail", [work.path("encode", p) / "train_tail.npy" for p in parts],
+                     seq_len, dtype, per_shard)
+    val = _pack_all(build, "val", "val", [work.path("encode", p) / "val.npy" for p in parts], seq_len, dtype,
+                    per_shard)
+    chapters = Counter()
+    for info in infos:
+        for stats in info["files"].values():
+            chapters.update(val=stats.get("val_chapters", 0), all=stats["chapters"])
+    splits = {"train": Split(chapters["all"] - chapters["val"], 0, 0, tail[1], train + tail[0])}
+    if plan.options["val_ratio"] > 0:
+        splits["val"] = Split(chapters["val"], 0, 0, val[1], val[0])
+    for name, split in list(splits.items()):
+        split.samples, split.tokens = sum(s.samples for s in split.shards), sum(s.tokens for s in split.shards)
+        if split.samples == 0:
+            raise UserError(f"the corpus is too small for --seq-len {seq_len}: the {name} split has no sample of "
+                            f"{seq_len + 1} tokens")
+    return splits, report(plan, work, vocab, infos)
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _pack_all(build: Path, split: str, prefix: str, pieces: list[Path], seq_len: int, dtype: np.dtype,
+              per_shard: int) -> tuple[list[ShardInfo], int]:
+    """The ids of `pieces` (one partition's each, small) concatenated and packed; returns the shards and the
+    number of ids left over."""
+    packer = shards.Packer(seq_len, dtype)
+    with shards.ShardWriter(build / split, split, prefix, per_shard) as writer:
+        for path in pieces:
+            writer.add(packer.feed(np.load(path, allow_pickle=False)))
+    return writer.written, len(packer.unused())
+
+
+def report(plan: Plan, work: WorkDir, vocab: Vocab, encoded: list[dict]) -> dict:
+    """Per input file, in input order: how it was read, what was removed and why, what it gave; then totals."""
+    files, steps = [], Counter()
+    for p, info in enumerate(encoded):
+        removed = work.info("segment", p)
+        extra = json.loads((work.path("segment", p) / "removed.json").read_text(encoding="utf-8"))
+        for n, r in enumerate(file_results(work, p)):
+            r.removed.update(extra.get(str(n), {}))
+            stats = info["files"].get(str(n), {})
+            files.append(r.report(stats.get("unk", 0), stats.get("kept", 0), stats.get("chapters", 0)))
+        steps.update(read=work.info("read", p)["seconds"], segment=removed["seconds"], encode=info["seconds"])
+        steps["segmented_chapters"] += removed["segmented"]
+    ok = [f for f in files if f["status"] == "ok"]
+    totals = {"files": len(files), "files_ok": len(ok), "files_refused": len(files) - len(ok),
+              "paths_refused": len(plan.refused), "partitions": len(plan.partitions),
+              "chapters": sum(f["chapters"] for f in ok), "chars_in": sum(f["chars_in"] for f in ok),
+              "chars_kept": sum(f["chars_kept"] for f in ok), "unk": sum(f["unk"] for f in ok),
+              "vocab_size": len(vocab), "tokenizer": vocab.kind, "segmented_chapters": steps.pop("segmented_chapters"),
+              "cpu_seconds": {k: round(v, 2) for k, v in steps.items()}}
+    refused = [{"path": path, "reason": reason} for path, reason in plan.refused]
+    return {"files": files, "paths_refused": refused, "input_warnings": plan.warnings, "totals": totals}
