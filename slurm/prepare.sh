@@ -13,7 +13,8 @@
 #   vocab    one job                the vocabulary                             afterok: segment
 #   encode   array of TASKS tasks   ids, train/val, the partitions' shards     afterok: vocab
 #   finish   one job                tail and val shards, manifest, report      afterok: encode
-# and waits for the finish job; its exit status is the pipeline's (0 done, 2 bad input, 1 other failure).
+# and waits for the finish job; its exit status is the pipeline's (0 done, 2 bad input, 1 another failure or a
+# cancelled step), and a failed run lists the state of every step's jobs.
 # Task i of an array does partitions i, i+TASKS, i+2·TASKS, … of the plan (its log says which, and which were done
 # earlier); the partitions come from the input listing and --partition-size alone, so the dataset is the same
 # bytes for any TASKS and as from one machine. A failed or cancelled task stops the jobs after it; submitting this
@@ -83,7 +84,23 @@ vocab=$(step vocab "$segment" one)
 encode=$(step encode "$vocab" array)
 echo "submitted: read $read, merge $merge, segment $segment, vocab $vocab, encode $encode (arrays of $TASKS tasks)"
 echo "waiting for the finish job (logs in $LOG_DIR)"
-status=0
-step finish "$encode" one --wait || status=$?
-echo "finish ended with status $status"
-exit "$status"
+finish=$(step finish "$encode" one --wait) || true
+
+# `sbatch --wait` says 0 for a job cancelled before it started (a step before it failed): ask Slurm what happened
+field() { grep -o "$1=[^ ]*" <<<"$2" | head -n 1 | cut -d= -f2; }
+record=$(scontrol show job -o "$finish")
+state=$(field JobState "$record")
+status=$(field ExitCode "$record" | cut -d: -f1)
+if [ "$state" = COMPLETED ]; then
+    echo "finished: $DATA_DIR"
+    exit 0
+fi
+echo "the finish job did not complete ($state); the steps:"
+for id in "$read" "$merge" "$segment" "$vocab" "$encode" "$finish"; do
+    scontrol show job -o "$id" | while read -r line; do
+        task=$(field ArrayTaskId "$line")
+        echo "  $(field JobName "$line") job $(field JobId "$line")${task:+ task $task}: $(field JobState "$line")"
+    done
+done
+echo "fix what the first failed step's log says and submit again: completed partitions are kept"
+[ "${status:-1}" -ne 0 ] && exit "$status" || exit 1

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import COMMON, ROOT, train_env, train_lines
+from conftest import COMMON, ROOT, SPLIT_OPTIONS, dataset_bytes, run_prepare, split_corpus, train_env, train_lines
 
 pytestmark = pytest.mark.slow
 
@@ -135,3 +135,64 @@ def test_bash_train_sh_in_an_allocation_returns_75_after_a_graceful_stop(train_d
     text = log.read_text()
     assert "trainer exited with status 75" in text and "stop requested" in text
     assert (run_dir / "checkpoints").is_dir() and not (run_dir / "DONE").exists()
+
+
+# --- sbatch slurm/prepare.sh -------------------------------------------------------------------------------------
+
+def _prepare_env(corpus: Path, out: Path, logs: Path, tasks: int, cpus: int, cache: Path) -> dict:
+    logs.mkdir(parents=True, exist_ok=True)
+    return dict(os.environ, INPUTS=str(corpus), DATA_DIR=str(out), TASKS=str(tasks), CPUS=str(cpus), REPO=str(ROOT),
+                PYTHON=sys.executable, LOG_DIR=str(logs),
+                PREPARE_ARGS=" ".join([*SPLIT_OPTIONS, "--cache-dir", str(cache)]))
+
+
+def _sbatch_prepare(env: dict, logs: Path) -> subprocess.Popen:
+    """The driver job, with `sbatch --wait`: its exit status is the pipeline's."""
+    cmd = ["sbatch", "--wait", "--output", str(logs / "driver.out"), str(ROOT / "slurm" / "prepare.sh")]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _logs(logs: Path, step: str) -> str:
+    return "".join(p.read_text() for p in sorted(logs.glob(f"gpt-novel-{step}-*.out")))
+
+
+@needs_slurm
+def test_sbatch_prepare_gives_the_bytes_of_one_machine_with_1_and_3_tasks(tmp_path, sample_text, cache_dir):
+    corpus = split_corpus(sample_text, tmp_path / "novels")
+    assert run_prepare([corpus], tmp_path / "local", cache_dir, "--workers", "1", *SPLIT_OPTIONS) == 0
+    reference = dataset_bytes(tmp_path / "local")
+    for tasks in (1, 3):
+        out, logs = tmp_path / f"slurm{tasks}", tmp_path / f"logs{tasks}"
+        job = _sbatch_prepare(_prepare_env(corpus, out, logs, tasks, 1, cache_dir), logs)
+        assert job.wait(timeout=600) == 0, (logs / "driver.out").read_text()[-3000:]
+        assert dataset_bytes(out) == reference
+        assert f"read: task {tasks - 1} of {tasks}: partition(s) {'0-3' if tasks == 1 else '2'}" in _logs(logs, "read")
+        assert not (tmp_path / f".slurm{tasks}.work").exists()
+
+
+@needs_slurm
+def test_a_cancelled_array_task_is_all_a_resubmission_redoes(tmp_path, sample_text, cache_dir):
+    """Tasks of 2 CPUs on two 2-CPU nodes, one of them holding the driver: the array runs one task at a time, so
+    task 2 of the segment array is still pending when it is cancelled."""
+    corpus, out = split_corpus(sample_text, tmp_path / "novels"), tmp_path / "d"
+    first, second = tmp_path / "logs1", tmp_path / "logs2"
+    job = _sbatch_prepare(_prepare_env(corpus, out, first, 3, 2, cache_dir), first)
+    deadline, segment = time.time() + 300, None
+    while segment is None and time.time() < deadline and job.poll() is None:
+        found = re.search(r"segment (\d+)", (first / "driver.out").read_text() if (first / "driver.out").exists()
+                          else "")
+        segment = found and found.group(1)
+        time.sleep(0.2)
+    assert segment, (first / "driver.out").read_text()
+    subprocess.run(["scancel", f"{segment}_2"], check=True, timeout=30)
+    assert job.wait(timeout=600) != 0  # the steps after it never ran
+    assert not out.exists() and "partition(s) 2" not in _logs(first, "segment")
+    job = _sbatch_prepare(_prepare_env(corpus, out, second, 3, 1, cache_dir), second)
+    assert job.wait(timeout=600) == 0, (second / "driver.out").read_text()[-3000:]
+    read, segmented = _logs(second, "read"), _logs(second, "segment")
+    assert "to do" not in read and read.count("done earlier, kept") == 3
+    assert "segment: partition(s) 0,3 done earlier, kept" in segmented
+    assert "segment: partition(s) 1 done earlier, kept" in segmented
+    assert "segment: partition(s) 2 to do" in segmented and segmented.count("to do") == 1
+    assert run_prepare([corpus], tmp_path / "local", cache_dir, "--workers", "1", *SPLIT_OPTIONS) == 0
+    assert dataset_bytes(out) == dataset_bytes(tmp_path / "local")
