@@ -1,10 +1,11 @@
 """Token ids → fixed-length samples → WebDataset tar shards.
 
-Packing rule: the chapters of a split (each `[MASK]` … `[CLS]`) are concatenated in order into one stream of ids,
-which is cut into samples of `seq_len + 1` ids; consecutive samples overlap by one id, so sample i is
-`stream[i*seq_len : i*seq_len + seq_len + 1]`, inputs are `sample[:-1]` and labels `sample[1:]`. Every id is a
-label exactly once, there is no padding, and only the last `< seq_len` ids of the stream are left over (counted
-in the manifest as `dropped_tail_tokens`).
+Packing rule: a stream of ids (chapters, each `[MASK]` … `[CLS]`, concatenated in order) is cut into samples of
+`seq_len + 1` ids; consecutive samples overlap by one id, so sample i is `stream[i*seq_len : i*seq_len + seq_len
++ 1]`, inputs are `sample[:-1]` and labels `sample[1:]`. Every id is a label exactly once, there is no padding,
+and only the last `< seq_len` ids of the stream are left over. `prepare` applies it per partition to the train
+chapters, then to the partitions' leftovers concatenated (the tail shards) and to the val chapters (see
+PACKING_RULE, which the manifest records). `Packer` applies it to a stream fed in pieces.
 
 Each sample is one tar member `<key>.tokens.npy` (uint16 when the vocabulary fits, else uint32), so
 `webdataset.WebDataset(url).decode()` yields it as a numpy array. Shards hold a fixed number of samples, derived
@@ -22,9 +23,12 @@ from pathlib import Path
 import numpy as np
 
 PACKING_RULE = (
-    "chapters of a split ([MASK] text [CLS]) are concatenated in order and cut into samples of seq_len+1 ids "
-    "overlapping by one id (sample i = stream[i*seq_len : i*seq_len+seq_len+1]; inputs sample[:-1], labels "
-    "sample[1:]); no padding, the last < seq_len ids are dropped"
+    "within each partition, its train chapters ([MASK] text [CLS]) are concatenated in input order and cut into "
+    "samples of seq_len+1 ids overlapping by one id (sample i = stream[i*seq_len : i*seq_len+seq_len+1]; inputs "
+    "sample[:-1], labels sample[1:]) into train-pNNNNN-*.tar; the ids of each partition that never became a label "
+    "are concatenated in partition order and packed by the same rule into train-tail-*.tar; the val chapters of "
+    "all partitions, in order, into val-*.tar; no padding, only the last < seq_len ids of the tail and val streams "
+    "are dropped"
 )
 _TAR_BLOCK = 512
 SAMPLE_FIELD = "tokens.npy"
