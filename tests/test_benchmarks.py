@@ -3,12 +3,14 @@ speed targets belong to the benchmarks, not to timed tests)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
-from conftest import ROOT, train_env
+from conftest import ROOT, SAMPLE_DIR, train_env
 
 
 @pytest.mark.slow
@@ -25,3 +27,57 @@ def test_train_benchmark_prints_its_report(train_data):
     assert report["ratio"] == pytest.approx(report["trainer_tokens_per_s"][0] / bare, abs=2e-3)
     assert 0 <= report["data_wait_fraction"] < 1
     assert report["ratio_ok"] == (report["ratio"] >= 0.95)
+
+
+def _bench_prepare(*args: str) -> dict:
+    done = subprocess.run([sys.executable, "benchmarks/prepare.py", str(SAMPLE_DIR), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+def test_prepare_benchmark_prints_scaling_warm_and_stage_throughput():
+    report = _bench_prepare("--workers", "2")
+    assert report["workers"] == 2 and report["chapters"] == 6
+    for run in ("cold_1_worker", "cold_n_workers"):
+        rates = report[run]["stage_chars_per_cpu_s"]
+        assert set(rates) == {"read_clean", "segment", "encode_write"}
+        assert rates["segment"] > 0  # thulac ran: the word tokenizer is the default
+    assert report["scaling_ok"] == (report["scaling"] >= report["scaling_target"] == 1.7)
+    assert report["warm_rerun"]["segmented_chapters"] == 0
+    assert report["warm_ok"] == (report["warm_speedup"] >= 10)
+
+
+def test_prepare_benchmark_scale_reports_peak_memory_of_distinct_copies():
+    report = _bench_prepare("--scale", "--copies", "1,2", "--word-copies", "1,2")
+    keys = {"copies", "tokenizer", "bytes_in", "chars", "chars_kept", "chapters", "seconds", "chars_per_s",
+            "peak_rss_mb", "removed"}
+    for kind in ("char", "word"):
+        one, two = report[kind]
+        assert set(one) == set(two) == keys and (one["copies"], two["copies"]) == (1, 2)
+        assert one["tokenizer"] == kind and one["peak_rss_mb"] > 10
+        # the copies are distinct: prepare keeps them all, drops nothing as duplicate or boilerplate
+        assert two["bytes_in"] == 2 * one["bytes_in"] and two["chapters"] == 2 * one["chapters"] == 12
+        assert two["chars_kept"] == pytest.approx(2 * one["chars_kept"], rel=0.01)
+        assert two["removed"] == {"duplicate_chapter": 0, "boilerplate": 0}
+    ratio = report["char"][1]["peak_rss_mb"] / report["char"][0]["peak_rss_mb"]
+    assert report["char_ratio"] == pytest.approx(ratio, abs=2e-3) and report["char_ratio_of"] == "2x/1x"
+    assert report["ratio_target"] == 1.1 and report["scale_ok"] == (report["char_ratio"] <= 1.1)
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_prepare", ROOT / "benchmarks" / "prepare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prepare_benchmark_copies_keep_characters_and_headings_and_differ():
+    variant = _bench_module().variant
+    line = "\u3000\u3000林晚秋扶着一瘸一拐的阿福，绕了一大圈野路。\r"
+    versions = [variant(line, k) for k in range(2 * len(line.strip()))]
+    assert versions[0] == line and len(set(versions)) == len(versions)  # 2 × length copies, all different
+    for v in versions:
+        assert v[:2] == "\u3000\u3000" and v[-1] == "\r" and Counter(v) == Counter(line)  # blanks stay in place
+    for kept in ("第二章 桥下浮尸", "“是。”", "短短的一句话"):
+        assert variant(kept, 5) == kept  # headings, and lines too short to be taken for boilerplate

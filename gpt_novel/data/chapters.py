@@ -31,9 +31,9 @@ FRONT_MATTER_MAX = 2000
 # A line this long that holds chapter headings is paragraphs run together (a file without line breaks); no real
 # paragraph in ../shared/corpus holds one (its longest has 4,312 characters), only short TOC lines do.
 RUN_ON_LINE = 1000
-_HEADING_INSIDE = re.compile(
-    rf"(?<=[。！？．!?…；;”」』\"\s])(?:《[^》]{{0,20}}》\s*)?(?:(?:目录|目錄)\s*)?(?:{_VOLUME}\s*)?第\s*{_NUM}\s*[回章节節]"
-)
+_RUN_ON_HEAD = rf"(?:《[^》]{{0,20}}》\s*)?(?:(?:目录|目錄)\s*)?(?:{_VOLUME}\s*)?第\s*{_NUM}\s*[回章节節]"
+_HEADING_INSIDE = re.compile(rf"(?<=[。！？．!?…；;”」』）)\"\s]){_RUN_ON_HEAD}")
+_HEADING_START = re.compile(_RUN_ON_HEAD)
 
 
 @dataclass
@@ -142,8 +142,37 @@ def split_run_on(lines: list[str]) -> list[str]:
             out.append(line)
             continue
         pieces = (line[a:b].strip() for a, b in zip([0, *starts], [*starts, len(line)], strict=True))
-        out.extend(piece for piece in pieces if piece)
+        out.extend(part for piece in pieces for part in _heading_and_body(piece) if part)
     return out
+
+
+def _heading_and_body(piece: str) -> list[str]:
+    """A run-on piece that starts with 第X回, as its heading line and its body line (nothing else in a text
+    without line breaks tells where the title ends): the title runs to the first space when what comes before
+    it reads as a title (no sentence punctuation, at most MAX_TITLE characters), with a second half of a
+    couplet title (回 titles of five or more characters, a half as long, then punctuation); or to a body marker
+    (话说 …); else the body starts right after 第X回 and the title, if any, stays in it."""
+    m = _HEADING_START.match(piece)
+    if not m:
+        return [piece]
+    rest = piece[m.end():]
+    start = len(rest) - len(rest.lstrip(" :：·、."))
+    cut = m.end() + start + _title_length(rest[start:])
+    return [piece[:cut].strip(), piece[cut:].strip()]
+
+
+def _title_length(rest: str) -> int:
+    parts = rest.split(" ")
+    first = parts[0]
+    marker = _BODY_START.search(first)
+    if marker and 2 <= marker.start() <= MAX_TITLE and not _SENTENCE_PUNCT.search(first[: marker.start()]):
+        return marker.start()
+    if len(parts) == 1 or len(first) > MAX_TITLE or _SENTENCE_PUNCT.search(first):
+        return 0
+    second = parts[1]
+    couplet = (len(first) >= 5 and len(second) >= len(first) and not _SENTENCE_PUNCT.search(second[: len(first)])
+               and (len(second) == len(first) or bool(_SENTENCE_PUNCT.match(second[len(first)]))))
+    return len(first) + 1 + len(first) if couplet else len(first)
 
 
 def split_chapters(lines: list[str], removed: Counter) -> list[Chapter]:

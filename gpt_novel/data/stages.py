@@ -284,9 +284,10 @@ def _duplicates(work: WorkDir, parts: list[int], out: Path) -> int:
         hi, lo, part, idx = hi[order], lo[order], part[order], idx[order]
         repeat = np.zeros(len(hi), dtype=bool)
         repeat[1:] = (hi[1:] == hi[:-1]) & (lo[1:] == lo[:-1])
-        if repeat.any():
-            rows = np.stack([part[repeat], idx[repeat]], axis=1)
-            np.save(out / f"drops-{b:03d}.npy", rows[np.lexsort((rows[:, 1], rows[:, 0]))])
+        if repeat.any():  # two sorted columns: a partition finds its rows by binary search in the mapped file
+            order = np.lexsort((idx[repeat], part[repeat]))
+            np.save(out / f"drops-{b:03d}-part.npy", part[repeat][order])
+            np.save(out / f"drops-{b:03d}-idx.npy", idx[repeat][order])
             dropped += int(repeat.sum())
     return dropped
 
@@ -294,10 +295,12 @@ def _duplicates(work: WorkDir, parts: list[int], out: Path) -> int:
 def drops(work: WorkDir, part: int) -> set[int]:
     """The chapters of a partition that repeat an earlier chapter."""
     found: set[int] = set()
-    for path in sorted(work.path("merge").glob("drops-*.npy")):
-        rows = np.load(path, allow_pickle=False)
-        s, e = np.searchsorted(rows[:, 0], part), np.searchsorted(rows[:, 0], part, "right")
-        found.update(int(i) for i in rows[s:e, 1])
+    for path in sorted(work.path("merge").glob("drops-*-part.npy")):
+        parts = np.load(path, mmap_mode="r")
+        s, e = np.searchsorted(parts, part), np.searchsorted(parts, part, "right")
+        if e > s:
+            idx = np.load(path.with_name(path.name.replace("-part", "-idx")), mmap_mode="r")
+            found.update(int(i) for i in idx[s:e])
     return found
 
 
@@ -585,14 +588,14 @@ def report(plan: Plan, work: WorkDir, vocab: Vocab, encoded: list[dict]) -> dict
     """Per input file, in input order: how it was read, what was removed and why, what it gave; then totals."""
     files, steps = [], Counter()
     for p, info in enumerate(encoded):
-        removed = work.info("segment", p)
+        segmented = work.info("segment", p)
         extra = json.loads((work.path("segment", p) / "removed.json").read_text(encoding="utf-8"))
         for n, r in enumerate(file_results(work, p)):
             r.removed.update(extra.get(str(n), {}))
             stats = info["files"].get(str(n), {})
             files.append(r.report(stats.get("unk", 0), stats.get("kept", 0), stats.get("chapters", 0)))
-        steps.update(read=work.info("read", p)["seconds"], segment=removed["seconds"], encode=info["seconds"])
-        steps["segmented_chapters"] += removed["segmented"]
+        steps.update(read=work.info("read", p)["seconds"], segment=segmented["seconds"], encode=info["seconds"])
+        steps["segmented_chapters"] += segmented["segmented"]
     ok = [f for f in files if f["status"] == "ok"]
     totals = {"files": len(files), "files_ok": len(ok), "files_refused": len(files) - len(ok),
               "paths_refused": len(plan.refused), "partitions": len(plan.partitions),
