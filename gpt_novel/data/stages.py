@@ -210,14 +210,13 @@ def _write_read(out: Path, results: Iterator[tuple[FileResult, float]], info: di
             for text in r.chapters:
                 f.write(json.dumps([n, text], ensure_ascii=False) + "\n")
                 digests.append((*_digest(text), len(digests)))
-                chars.update(text)
+            chars.update(r.distinct_chars)
             g.write(dataclasses.replace(r, chapters=[]).to_json() + "\n")
             _warn(r)
             seconds, chars_in = seconds + spent, chars_in + r.chars_in
     table = np.array(sorted(digests), dtype=np.uint64).reshape(-1, 3)
     for name, column in zip(("digest_hi", "digest_lo", "digest_idx"), table.T, strict=True):
         np.save(out / f"{name}.npy", np.ascontiguousarray(column))
-    chars.discard("\n")
     info.update(chapters=len(digests), distinct_chars="".join(sorted(chars)), seconds=seconds, chars_in=chars_in)
 
 
@@ -243,8 +242,8 @@ def file_results(work: WorkDir, part: int) -> Iterator[FileResult]:
 
 def merge(plan: Plan, work: WorkDir) -> dict:
     """Boilerplate keys (lines repeated across files, see `boilerplate`) and, per hash bucket of the chapters'
-    digests, the chapters that repeat an earlier one (in input order): `drops-BBB.npy` rows (partition, chapter).
-    Returns the facts the checks before segmentation need."""
+    digests, the chapters that repeat an earlier one (in input order): `drops-BBB-part.npy` / `drops-BBB-idx.npy`
+    (partition, chapter). Returns the facts the checks before segmentation need."""
     parts = list(range(len(plan.partitions)))
     require(work, "read", parts, plan.read_key)
     key = plan.merge_key()
