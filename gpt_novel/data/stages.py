@@ -158,9 +158,13 @@ def ranges(parts: list[int]) -> str:
     return ",".join(out)
 
 
-def require(work: WorkDir, step: str, parts: list[int], key) -> None:
-    """A reduce or a later step needs every partition of `step`: say which are missing, in one line."""
-    missing = [p for p in parts if not work.done(step, p, key(p))]
+def require(work: WorkDir, step: str, parts: list, key, files: tuple[str, ...] | None = None) -> None:
+    """A later step needs these outputs of `step` (and of them, `files`): say which are missing or damaged, in one
+    line."""
+    missing = [p for p in parts if not work.done(step, p, key(p), files)]
+    if missing == [ALL]:
+        raise UserError(f"the {step} step is not complete in {work.root}: run it first (prepare again, or "
+                        "resubmit the Slurm job)")
     if missing:
         raise UserError(f"the {step} step is not complete for partition(s) {ranges(missing)} of {work.root}: "
                         f"run it for them first (prepare again, or resubmit the Slurm job)")
@@ -245,7 +249,7 @@ def merge(plan: Plan, work: WorkDir) -> dict:
     digests, the chapters that repeat an earlier one (in input order): `drops-BBB-part.npy` / `drops-BBB-idx.npy`
     (partition, chapter). Returns the facts the checks before segmentation need."""
     parts = list(range(len(plan.partitions)))
-    require(work, "read", parts, plan.read_key)
+    require(work, "read", parts, plan.read_key, ("files.jsonl", "digest_hi.npy", "digest_lo.npy", "digest_idx.npy"))
     key = plan.merge_key()
     if not work.done("merge", ALL, key):
         work.remove_unfinished("merge", ALL)
@@ -324,6 +328,7 @@ def segment_step(plan: Plan, work: WorkDir, parts: list[int], pool: LazyPool, ca
     digest hi, lo) for the val split, and removed.json (characters per file under duplicate_chapter, boilerplate)."""
     require(work, "merge", [ALL], lambda p: plan.merge_key())
     todo = _todo(work, "segment", parts, plan.segment_key)
+    require(work, "read", todo, plan.read_key, ("chapters.jsonl",))
     keys = set(json.loads((work.path("merge") / "boilerplate.json").read_text(encoding="utf-8")))
     word = plan.options["tokenizer"] == "word"
     removed: dict[int, dict[int, Counter]] = {}
@@ -421,7 +426,7 @@ def vocab_step(plan: Plan, work: WorkDir) -> Vocab:
     """The vocabulary from every partition's counts, one hash bucket at a time (the same tokens, in the same
     order, as counting the whole corpus at once), and the val split's extra chapters (see `val_extra`)."""
     parts = list(range(len(plan.partitions)))
-    require(work, "segment", parts, plan.segment_key)
+    require(work, "segment", parts, plan.segment_key, ("counts.tsv", "counts_index.npy", "kept.npy"))
     key = plan.vocab_key()
     if not work.done("vocab", ALL, key):
         work.remove_unfinished("vocab", ALL)
@@ -492,6 +497,7 @@ def encode(plan: Plan, work: WorkDir, parts: list[int], pool: LazyPool) -> None:
     the ids that did not fill a sample (train_tail.npy) and its val chapters' ids (val.npy), for `finish`."""
     require(work, "vocab", [ALL], lambda p: plan.vocab_key())
     todo = _todo(work, "encode", parts, plan.encode_key)
+    require(work, "segment", todo, plan.segment_key, ("words.jsonl",))
     jobs = [(plan, work.root, p) for p in todo]
     for _ in tqdm(ordered_map(pool, _encode_partition, jobs, per_worker=1), total=len(jobs), desc="encode",
                   unit="partition", disable=None):
@@ -535,7 +541,9 @@ def finish(plan: Plan, work: WorkDir, build: Path) -> tuple[dict[str, Split], di
     into the work directory where the file system allows), then the partitions' leftover train ids and all val
     ids packed in partition order into the tail and val shards. Returns the splits and the report."""
     parts = list(range(len(plan.partitions)))
-    require(work, "encode", parts, plan.encode_key)
+    require(work, "encode", parts, plan.encode_key)  # every file: the shards become the dataset
+    require(work, "read", parts, plan.read_key, ("files.jsonl",))
+    require(work, "segment", parts, plan.segment_key, ("removed.json",))
     shutil.copytree(work.path("vocab") / "tokenizer", build / TOKENIZER_DIR)
     vocab = Vocab.load(build / TOKENIZER_DIR)
     dtype, seq_len = shards.dtype_for(len(vocab)), plan.options["seq_len"]
