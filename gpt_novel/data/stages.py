@@ -17,14 +17,15 @@ pool, one partition's word counts and one hash bucket of a reduce: memory does n
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
-import heapq
 import itertools
 import json
 import os
 import shutil
 import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -333,7 +334,7 @@ def segment_step(plan: Plan, work: WorkDir, parts: list[int], pool: LazyPool, ca
     word = plan.options["tokenizer"] == "word"
     removed: dict[int, dict[int, Counter]] = {}
     jobs = _segment_jobs(work, todo, keys, removed, str(cache_root) if cache_root and word else None, word)
-    results = ordered_map(pool, _segment_one, jobs)
+    results = ordered_map(pool, _segment_one, jobs, per_worker=16)  # chapters are small; keep every worker busy
     with tqdm(desc="segment", unit="char", unit_scale=True, disable=None) as bar:
         for p, group in itertools.groupby(results, key=lambda r: r[0]):
             info: dict = {}
@@ -390,19 +391,21 @@ def _write_segmented(out: Path, chapters: Iterator[tuple], word: bool, info: dic
 
 
 def _bucket(word: str) -> int:
-    return hashlib.blake2b(word.encode(), digest_size=2).digest()[0]
+    return zlib.crc32(word.encode()) % BUCKETS
 
 
 def _write_counts(out: Path, counts: Counter) -> None:
-    """word<TAB>count lines (word as JSON), grouped by hash bucket; counts_index.npy holds each bucket's offset."""
+    """word<TAB>count lines grouped by hash bucket (counts_index.npy holds each bucket's offset). Normalized text
+    holds no tab, no control character and no line break but the newline word itself, written as segment.SEP."""
     groups: dict[int, list[str]] = {}
-    for w, n in sorted(counts.items()):
-        groups.setdefault(_bucket(w), []).append(f"{json.dumps(w, ensure_ascii=False)}\t{n}\n")
+    for w in counts:
+        groups.setdefault(_bucket(w), []).append(w)
     offsets = np.zeros(BUCKETS + 1, dtype=np.int64)
     with open(out / "counts.tsv", "wb") as f:
         for b in range(BUCKETS):
             offsets[b] = f.tell()
-            f.write("".join(groups.get(b, [])).encode())
+            words = sorted(groups.get(b, []))
+            f.write("".join(f"{segment.SEP if w == chr(10) else w}\t{counts[w]}\n" for w in words).encode())
         offsets[BUCKETS] = f.tell()
     np.save(out / "counts_index.npy", offsets)
 
@@ -415,8 +418,8 @@ def _bucket_counts(work: WorkDir, parts: list[int], b: int) -> Counter:
             f.seek(int(index[b]))
             chunk = f.read(int(index[b + 1] - index[b])).decode()
         for line in chunk.split("\n")[:-1]:
-            word, n = line.rsplit("\t", 1)
-            counts[json.loads(word)] += int(n)
+            word, n = line.split("\t")
+            counts["\n" if word == segment.SEP else word] += int(n)
     return counts
 
 
@@ -431,17 +434,20 @@ def vocab_step(plan: Plan, work: WorkDir) -> Vocab:
     if not work.done("vocab", ALL, key):
         work.remove_unfinished("vocab", ALL)
         opts = plan.options
-        chars, best = Counter(), []
+        chars, best, size = Counter(), [], opts["vocab_size"]
         for b in tqdm(range(BUCKETS), desc="vocab", unit="bucket", disable=None):
             counts = _bucket_counts(work, parts, b)
             for w, n in counts.items():
                 for ch in w:
                     chars[ch] += n
-            if opts["tokenizer"] == "word":
-                multi = ((w, n) for w, n in counts.items() if len(w) > 1 and n > 1)
-                best = heapq.nsmallest(opts["vocab_size"], itertools.chain(best, multi), key=lambda x: (-x[1], x[0]))
+            if opts["tokenizer"] == "word":  # the most frequent words so far, as (-count, word): plain tuple order
+                best.extend((-n, w) for w, n in counts.items() if len(w) > 1 and n > 1)
+                if len(best) > 2 * size:
+                    best.sort()
+                    del best[size:]
         chars.pop("\n", None)
-        vocab = Vocab(tokens_from_counts(chars, best, opts["tokenizer"], opts["vocab_size"]), opts["tokenizer"],
+        words = [(w, -n) for n, w in sorted(best)[:size]]
+        vocab = Vocab(tokens_from_counts(chars, words, opts["tokenizer"], size), opts["tokenizer"],
                       opts["to_simplified"])
         extra = val_extra(work, parts, opts)
         with work.output("vocab", ALL, key, {"vocab_size": len(vocab), "val_extra": len(extra)}) as out:
@@ -494,44 +500,68 @@ def val_extra(work: WorkDir, parts: list[int], opts: dict) -> list[tuple[int, in
 
 def encode(plan: Plan, work: WorkDir, parts: list[int], pool: LazyPool) -> None:
     """Per partition: its train chapters packed into train-pNNNNN-*.tar (the packing rule within a partition),
-    the ids that did not fill a sample (train_tail.npy) and its val chapters' ids (val.npy), for `finish`."""
+    the ids that did not fill a sample (train_tail.npy) and its val chapters' ids (val.npy), for `finish`. The
+    pool turns chapters into ids, a few dozen per job; this process packs and writes them in order."""
     require(work, "vocab", [ALL], lambda p: plan.vocab_key())
     todo = _todo(work, "encode", parts, plan.encode_key)
     require(work, "segment", todo, plan.segment_key, ("words.jsonl",))
-    jobs = [(plan, work.root, p) for p in todo]
-    for _ in tqdm(ordered_map(pool, _encode_partition, jobs, per_worker=1), total=len(jobs), desc="encode",
-                  unit="partition", disable=None):
-        pass
+    with tqdm(desc="encode", unit="chapter", disable=None) as bar:
+        for p in todo:
+            _encode_partition(plan, work, p, pool, bar)
 
 
-def _encode_partition(job: tuple[Plan, Path, int]) -> None:
-    plan, root, p = job
-    work, start = WorkDir(root), time.process_time()
-    vocab = Vocab.load(work.path("vocab") / "tokenizer")
-    dtype, opts = shards.dtype_for(len(vocab)), plan.options
+def _encode_partition(plan: Plan, work: WorkDir, p: int, pool: LazyPool, bar: tqdm) -> None:
+    opts, start = plan.options, time.process_time()
+    dtype = shards.dtype_for(work.info("vocab")["vocab_size"])
     extra = np.load(work.path("vocab") / "val_extra.npy")
-    extra_here = {int(i) for q, i in extra if q == p}
-    threshold = val_threshold(opts["val_ratio"])
+    held = frozenset(int(i) for q, i in extra if q == p)
     per_shard = shards.samples_per_shard(parse_size(opts["shard_size"], "--shard-size"), opts["seq_len"], dtype)
     files: dict[int, Counter] = {}
-    val, packer, info = [], shards.Packer(opts["seq_len"], dtype), {}
+    val, packer, info, worker_cpu = [], shards.Packer(opts["seq_len"], dtype), {}, 0.0
+    records = read_records(work.path("segment", p) / "words.jsonl")
+    jobs = ((str(work.root), plan.vocab_key(), opts, held, chunk)
+            for chunk in iter(lambda: list(itertools.islice(records, 32)), []))
     with work.output("encode", p, plan.encode_key(p), info) as out:
         with shards.ShardWriter(out, "train", f"train-p{p:05d}", per_shard) as writer:
-            for n, idx, hi, lo, joined in read_records(work.path("segment", p) / "words.jsonl"):
-                words = split_words(joined, opts["tokenizer"] == "word")
-                ids = np.array([vocab.mask, *vocab.ids_of_words(words), vocab.cls], dtype=dtype)
-                stats = files.setdefault(n, Counter())
-                stats.update(chapters=1, kept=sum(map(len, words)), unk=int(np.count_nonzero(ids == vocab.unk)))
-                score = val_score(np.array([hi], np.uint64), np.array([lo], np.uint64), opts["seed"])[0]
-                if (opts["val_ratio"] > 0 and score < threshold) or idx in extra_here:
-                    val.append(ids)
-                    stats["val_chapters"] += 1
-                else:
-                    writer.add(packer.feed(ids))
+            for chapters, spent in ordered_map(pool, _ids_of, jobs):
+                for n, in_val, ids, stats in chapters:
+                    files.setdefault(n, Counter()).update(stats)
+                    if in_val:
+                        val.append(ids)
+                    else:
+                        writer.add(packer.feed(ids))
+                bar.update(len(chapters))
+                worker_cpu += spent if pool.workers > 1 else 0.0
         np.save(out / "train_tail.npy", packer.unused())
         np.save(out / "val.npy", np.concatenate(val) if val else np.empty(0, dtype))
         info.update(files={n: dict(c) for n, c in sorted(files.items())}, samples=packer.samples,
-                    shards=[s.to_json() for s in writer.written], seconds=time.process_time() - start)
+                    shards=[s.to_json() for s in writer.written],
+                    seconds=time.process_time() - start + worker_cpu)
+
+
+def _ids_of(job: tuple[str, str, dict, frozenset, list]) -> tuple[list, float]:
+    """Chapters of words.jsonl → (file, held out?, ids, stats) each, and the CPU seconds it took (a pool job)."""
+    root, key, opts, held, records = job
+    start = time.process_time()
+    vocab = _vocab(root, key)
+    dtype, threshold = shards.dtype_for(len(vocab)), val_threshold(opts["val_ratio"])
+    out = []
+    for n, idx, hi, lo, joined in records:
+        words = split_words(joined, opts["tokenizer"] == "word")
+        ids = np.array([vocab.mask, *vocab.ids_of_words(words), vocab.cls], dtype=dtype)
+        score = val_score(np.array([hi], np.uint64), np.array([lo], np.uint64), opts["seed"])[0]
+        in_val = (opts["val_ratio"] > 0 and score < threshold) or idx in held
+        stats = {"chapters": 1, "kept": sum(map(len, words)), "unk": int(np.count_nonzero(ids == vocab.unk)),
+                 "val_chapters": int(in_val)}
+        out.append((n, in_val, ids, stats))
+    return out, time.process_time() - start
+
+
+@functools.lru_cache(maxsize=1)
+def _vocab(root: str, key: str) -> Vocab:
+    """The vocabulary with this key, loaded once per process (its word → ids memo fills as chapters are encoded;
+    the key, not the path, tells one vocabulary from the next)."""
+    return Vocab.load(WorkDir(Path(root)).path("vocab") / "tokenizer")
 
 
 # --- finish -----------------------------------------------------------------------------------------------------
