@@ -80,7 +80,7 @@ def _run_step(cfg: PrepareConfig, out: Path) -> None:
                 print(f"plan: {len(plan.partitions)} partition(s) in {work.root}")
             return
         plan = _planned(cfg, work)
-        parts = stages.mine(len(plan.partitions), cfg.task, cfg.tasks)
+        parts = stages.task_partitions(len(plan.partitions), cfg.task, cfg.tasks)
         if cfg.step in stages.PARTITION_STEPS:
             print(f"{cfg.step}: task {cfg.task} of {cfg.tasks}: partition(s) {stages.ranges(parts) or 'none'}")
         if cfg.step == "read":

@@ -134,7 +134,7 @@ def partition(inputs: list[dict], budget: int) -> list[list[dict]]:
     return parts
 
 
-def mine(parts: int, task: int, tasks: int) -> list[int]:
+def task_partitions(parts: int, task: int, tasks: int) -> list[int]:
     """The partitions of task `task` of `tasks`: every tasks-th, so that each task gets large and small ones."""
     return list(range(task, parts, tasks))
 
@@ -339,7 +339,7 @@ def segment_step(plan: Plan, work: WorkDir, parts: list[int], pool: LazyPool, ca
         for p, group in itertools.groupby(results, key=lambda r: r[0]):
             info: dict = {}
             with work.output("segment", p, plan.segment_key(p), info) as out:
-                chapters = _counted((r[1:] for r in group if r[1] is not None), bar, lambda r: len(r[4]))
+                chapters = _counted((r[1:] for r in group if r[1] is not None), bar, lambda r: r[4])
                 _write_segmented(out, chapters, word, info)
                 write_json(out / "removed.json", {n: dict(c) for n, c in sorted(removed.pop(p).items())})
 
@@ -364,10 +364,10 @@ def _segment_jobs(work: WorkDir, todo: list[int], keys: set[str], removed: dict,
 def _segment_one(job: tuple) -> tuple:
     p, n, idx, hi, lo, text, cache_root, word = job
     if n is None:
-        return p, None, None, 0, 0, "", "", False, 0.0
+        return p, None, None, 0, 0, 0, "", False, 0.0
     start = time.process_time()
     joined, fresh = segment.segment_cached((text, cache_root)) if word else (text, False)
-    return p, n, idx, hi, lo, text, joined, fresh, time.process_time() - start
+    return p, n, idx, hi, lo, len(text), joined, fresh, time.process_time() - start
 
 
 def split_words(joined: str, word: bool) -> list[str]:
@@ -379,12 +379,12 @@ def _write_segmented(out: Path, chapters: Iterator[tuple], word: bool, info: dic
     counts: Counter = Counter()
     kept, fresh, seconds, chars = [], 0, 0.0, 0
     with open(out / "words.jsonl", "w", encoding="utf-8") as f:
-        for n, idx, hi, lo, text, joined, cut, spent in chapters:
+        for n, idx, hi, lo, length, joined, cut, spent in chapters:
             words = split_words(joined, word)
             counts.update(words)
             f.write(json.dumps([n, idx, hi, lo, joined], ensure_ascii=False) + "\n")
             kept.append((idx, len(words) + 2, hi, lo))
-            fresh, seconds, chars = fresh + cut, seconds + spent, chars + len(text)
+            fresh, seconds, chars = fresh + cut, seconds + spent, chars + length
     np.save(out / "kept.npy", np.array(kept, dtype=np.uint64).reshape(-1, 4))
     _write_counts(out, counts)
     info.update(segmented=fresh, seconds=seconds, chars=chars)
