@@ -34,7 +34,7 @@ def _prepare_parser(sub) -> None:
     p.add_argument("--workers", type=int, help="processes for cleaning and segmentation (default: all cores)")
     p.add_argument("--to-simplified", action="store_const", const=True, help="convert traditional characters "
                    "to simplified (OpenCC t2s)")
-    p.add_argument("--cache-dir", help="segmentation cache (default ~/.cache/gpt-novel/segment)")
+    p.add_argument("--cache-dir", help="cache of cleaned files and segmentations (default ~/.cache/gpt-novel)")
     p.add_argument("--no-cache", action="store_const", const=True, help="do not read or write the cache")
     p.add_argument("--force", action="store_const", const=True, help="replace DATA_DIR if it holds another dataset")
     p.add_argument("--work-dir", help="where the steps keep their outputs until DATA_DIR is published (default "

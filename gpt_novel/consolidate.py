@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -61,6 +62,7 @@ def consolidate(src: str | Path, out: str | Path, step: int | None = None, dtype
 
     ckpt = find_checkpoint(src, step)
     out = Path(out)
+    _check_out(out)
     cfg = load_config(TrainConfig, str(ckpt / "config.yaml"), {})
     vocab = Vocab.load(ckpt / "tokenizer")
     try:
@@ -80,11 +82,47 @@ def consolidate(src: str | Path, out: str | Path, step: int | None = None, dtype
     model.load_state_dict(weights, strict=True, assign=True)
     model.tie_weights()
     model.generation_config = generation_config(vocab, cfg.n_positions)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True, max_shard_size="2GB")
-    _copy_tokenizer(ckpt / "tokenizer", out)
-    (out / "README.md").write_text(model_card(ckpt, cfg, state, dtype), encoding="utf-8")
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp, safe_serialization=True, max_shard_size="2GB")
+        _copy_tokenizer(ckpt / "tokenizer", tmp)
+        (tmp / "README.md").write_text(model_card(ckpt, cfg, state, dtype, out), encoding="utf-8")
+        _respect_umask(tmp)
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
+
+
+def _check_out(out: Path) -> None:
+    """A new or empty directory, or a model folder (replaced whole, so nothing of the old one, such as its
+    eval.json, is left to describe the new weights); anything else is refused, as prepare refuses it."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise UserError(f"{out} is not empty and holds no model folder; choose a new or empty directory")
+
+
+def _respect_umask(folder: Path) -> None:
+    """safetensors writes its file with mode 0600; give every file the mode the user's umask asks for."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
 
 
 def _check_shapes(lazy: dict, expected: dict, vocab: Vocab, ckpt: Path) -> None:
@@ -139,7 +177,7 @@ def _last_eval(run_dir: Path, step: int) -> dict | None:
     return evals[-1] if evals else None
 
 
-def model_card(ckpt: Path, cfg: TrainConfig, state: dict, dtype: str) -> str:
+def model_card(ckpt: Path, cfg: TrainConfig, state: dict, dtype: str, out: Path) -> str:
     last = _last_eval(ckpt.parent.parent, state["step"])
     val = (f"val loss {last['val_loss']:.4f}, perplexity {last['val_ppl']:.2f}, {last['val_bpc']:.3f} bits per "
            f"character (step {last['step']})" if last else "no validation recorded")
@@ -164,8 +202,8 @@ Trained from scratch with gpt-novel, consolidated from `{ckpt}`.
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
-model = AutoModelForCausalLM.from_pretrained("OUT_DIR")
-tokenizer = AutoTokenizer.from_pretrained("OUT_DIR")
+model = AutoModelForCausalLM.from_pretrained("{out}")
+tokenizer = AutoTokenizer.from_pretrained("{out}")
 ```
 
 The tokenizer here segments words by greedy longest match over the vocabulary. Training segmented with thulac:

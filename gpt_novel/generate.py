@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from gpt_novel.data import ingest
 from gpt_novel.data.vocab import Vocab
 from gpt_novel.errors import UserError
 
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model_dir", metavar="HF_DIR")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--prompt", default="", help="the text to continue (empty: start a new chapter)")
-    source.add_argument("--prompt-file", type=Path, help="read the prompt from a UTF-8 file")
+    source.add_argument("--prompt-file", type=Path, help="read the prompt from a file in any encoding prepare "
+                        "reads (UTF-8/16, GBK, GB18030, Big5 …)")
     parser.add_argument("--new-chapter", action="store_true", help="start the prompt as a new chapter ([MASK])")
     defaults = SamplingOptions()
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
@@ -131,11 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream", action="store_true", help="print tokens as they come (one sample)")
     args = parser.parse_args(argv)
     try:
-        prompt = args.prompt_file.read_text(encoding="utf-8") if args.prompt_file else args.prompt
+        prompt = _read_prompt(args.prompt_file) if args.prompt_file else args.prompt
         options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                                   args.repetition_penalty, args.num_samples, args.seed, args.new_chapter)
         _check(options, args.stream)
         model, vocab = load(args.model_dir, args.device, args.dtype)
+        _warn_unknown(vocab, prompt)
         streamer = TextStreamer(vocab, 1) if args.stream else None
         if args.stream:
             print(prompt, end="", flush=True)
@@ -149,6 +152,23 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"--- sample {n} ---")
             print(prompt + text)
     return 0
+
+
+def _read_prompt(path: Path) -> str:
+    text, warnings = ingest.read_text(path)
+    for line in warnings:
+        print(f"sample: warning: {line}", file=sys.stderr)
+    return text
+
+
+def _warn_unknown(vocab: Vocab, prompt: str) -> None:
+    """The model never saw these characters: say so, rather than continue from [UNK]s the user cannot see."""
+    unknown = vocab.unknown_chars(prompt)
+    if unknown:
+        shown = " ".join(repr(ch) if ch.isspace() else ch for ch in unknown[:40])
+        more = f" (and {len(unknown) - 40} more)" if len(unknown) > 40 else ""
+        print(f"sample: warning: {len(unknown)} character(s) of the prompt are not in the model's vocabulary and "
+              f"become [UNK]: {shown}{more}", file=sys.stderr)
 
 
 def _check(options: SamplingOptions, stream: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -86,6 +87,27 @@ def test_consolidate_errors(zero_runs, tmp_path, capsys):
     (older / "COMPLETE.json").write_text(json.dumps(marker))
     assert consolidate.main([str(run), str(tmp_path / "o")]) == 2
     assert "another vocabulary" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_consolidate_replaces_a_model_folder_whole_and_refuses_anything_else(zero_runs, tmp_path, capsys):
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep")
+    assert consolidate.main([str(zero_runs[2]), str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not empty and holds no model folder" in err
+    assert [p.name for p in other.iterdir()] == ["mine.txt"]
+    hf, old = tmp_path / "hf", os.umask(0o022)
+    try:
+        assert consolidate.main([str(zero_runs[2]), str(hf)]) == 0
+        (hf / "eval.json").write_text("{}")  # the evaluation of the weights about to be replaced
+        assert consolidate.main([str(zero_runs[1]), str(hf)]) == 0
+    finally:
+        os.umask(old)
+    assert not (hf / "eval.json").exists() and not list(tmp_path.glob(".hf.*"))
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in hf.iterdir()} == {p.name: "0o644" for p in hf.iterdir()}
+    assert f'from_pretrained("{hf}")' in (hf / "README.md").read_text()
 
 
 # --- sampling on a model built so that its next token is known --------------------------------------------------
@@ -188,6 +210,39 @@ def test_sample_cli(random_model, tmp_path, capsys):
     assert "not a model folder" in capsys.readouterr().err
     assert generate.main([*args, "--max-new-tokens", "64"]) == 2
     assert "leaves no room" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("encoding", ["gbk", "big5", "utf-16", "utf-8-sig"])
+def test_a_prompt_file_is_decoded_as_prepare_decodes_novels(random_model, tmp_path, capsys, encoding):
+    text = "沈砚推开门，雨还在下。" if encoding != "big5" else "沈硯推開門，雨還在下。"
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_bytes(text.encode(encoding))
+    assert generate.main([str(random_model), "--prompt-file", str(prompt), "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.startswith(text)
+
+
+def test_a_prompt_file_that_cannot_be_read_is_one_line(random_model, tmp_path, capsys):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "binary.txt").write_bytes(bytes(range(256)) * 50)
+    for name, reason in (("empty.txt", "empty file"), ("missing.txt", "cannot read: No such file"),
+                         ("binary.txt", "binary")):
+        assert generate.main([str(random_model), "--prompt-file", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{name}: {reason}" in err and "Traceback" not in err
+
+
+def test_characters_outside_the_vocabulary_are_named_on_stderr(random_model, capsys):
+    args = [str(random_model), "--prompt", "Hello world 😀 青石镇", "--max-new-tokens", "4"]
+    assert generate.main(args) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("Hello world 😀 青石镇")
+    warning = next(line for line in captured.err.splitlines() if "not in the model's vocabulary" in line)
+    _, vocab = generate.load(random_model, "cpu")
+    unknown = [ch for ch in dict.fromkeys("Hello world 😀") if ch not in vocab.index]
+    assert "😀" in unknown and warning.endswith("[UNK]: " + " ".join(repr(c) if c == " " else c for c in unknown))
+    assert f"{len(unknown)} character(s)" in warning and "青" not in warning
+    assert generate.main([str(random_model), "--prompt", "青石镇", "--max-new-tokens", "4"]) == 0
+    assert "vocabulary" not in capsys.readouterr().err
 
 
 # --- evaluation -------------------------------------------------------------------------------------------------

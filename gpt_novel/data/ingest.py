@@ -187,6 +187,18 @@ def read_file(path: Path) -> Decoded:
     return decoded
 
 
+def read_text(path: Path) -> tuple[str, list[str]]:
+    """A text file the user hands over (a prompt, an upload), decoded exactly as `prepare` decodes novels: the text
+    and the warnings. Raises UserError with prepare's one-line reason."""
+    try:
+        decoded = read_file(path)
+    except RefusedFile as e:
+        raise UserError(f"{path}: {e}") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror}") from None
+    return "\n".join(decoded.texts), [f"{path}: {w}" for w in decoded.warnings]
+
+
 def detect_and_decode(data: bytes) -> Decoding:
     """Decode the bytes, judging the encoding by the text. Raises RefusedFile when not confident."""
     bom = _bom_decode(data)

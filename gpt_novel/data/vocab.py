@@ -92,6 +92,12 @@ class Vocab:
         text = clean.normalize(text)
         return clean.to_simplified(text) if self.to_simplified else text
 
+    def unknown_chars(self, text: str) -> list[str]:
+        """The characters of `text` (as `encode` normalizes it) that the vocabulary lacks, each once, in order:
+        `encode` turns them into [UNK], which a user should be told."""
+        known = self.index
+        return list(dict.fromkeys(ch for ch in self.prepare_text(text) if ch != "\n" and ch not in known))
+
     def encode(self, text: str, *, new_chapter: bool = False, end_chapter: bool = False) -> list[int]:
         """Raw text → ids exactly as training saw it (normalization and thulac segmentation included)."""
         ids = self.ids_of_words(segment.segment_text(self.prepare_text(text), self.kind))
