@@ -265,6 +265,9 @@ class Metrics:
             ("perf/mfu", "mfu"),
             ("perf/memory_gb", "memory_gb"),
             ("train/skipped_steps", "skipped_steps"),
+            ("train/tokens", "tokens"),
+            ("perf/elapsed_s", "elapsed"),
+            ("perf/data_wait_s", "data_wait_s"),
         ):
             self._scalar(tag, record[key], step)
         if self._bar is not None:

@@ -169,7 +169,7 @@ def test_tensorboard_scalars_and_text(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     with Metrics(tmp_path, enabled=True, total_steps=5, progress=False) as m:
-        _train(m, 1, loss=3.5)
+        _train(m, 1, loss=3.5, data_wait_s=0.01)
         _train(m, 2, loss=3.25, mfu=None)
         m.log_eval(2, val_loss=3.0, val_ppl=20.08, val_bpc=4.3, tokens=8192)
         m.log_text(2, "sample/continuation", "第一行\n第二行 ``` 反引号")
@@ -179,7 +179,8 @@ def test_tensorboard_scalars_and_text(tmp_path):
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
     assert {"train/loss", "train/lr", "train/grad_norm", "perf/tokens_per_s", "perf/mfu", "perf/memory_gb",
-            "train/skipped_steps", "val/loss", "val/ppl", "val/bpc"} <= scalars
+            "train/skipped_steps", "val/loss", "val/ppl", "val/bpc", "train/tokens", "perf/elapsed_s",
+            "perf/data_wait_s"} <= scalars
     assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(1, 3.5), (2, 3.25)]
     assert [e.step for e in acc.Scalars("perf/mfu")] == [1]  # None is not logged
     assert "sample/continuation/text_summary" in acc.Tags()["tensors"]
