@@ -25,6 +25,7 @@ from tqdm import tqdm
 from gpt_novel import checkpoint
 from gpt_novel.config import TrainConfig, load_config
 from gpt_novel.data.vocab import CLS, MASK, PAD, UNK, Vocab
+from gpt_novel.data.workdir import owner_tag, replace_dir
 from gpt_novel.errors import UserError
 from gpt_novel.model import build_model
 
@@ -82,15 +83,14 @@ def consolidate(src: str | Path, out: str | Path, step: int | None = None, dtype
     model.load_state_dict(weights, strict=True, assign=True)
     model.tie_weights()
     model.generation_config = generation_config(vocab, cfg.n_positions)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.partial-{owner_tag()}"
     try:
         tmp.mkdir(parents=True)
         model.save_pretrained(tmp, safe_serialization=True, max_shard_size="2GB")
         _copy_tokenizer(ckpt / "tokenizer", tmp)
         (tmp / "README.md").write_text(model_card(ckpt, cfg, state, dtype, out), encoding="utf-8")
         _respect_umask(tmp)
-        _replace(tmp, out)
+        replace_dir(tmp, out, out.parent / f".{out.name}.old-{owner_tag()}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -113,16 +113,6 @@ def _respect_umask(folder: Path) -> None:
     for path in folder.iterdir():
         if path.is_file():
             path.chmod(0o666 & ~umask)
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
 
 
 def _check_shapes(lazy: dict, expected: dict, vocab: Vocab, ckpt: Path) -> None:

@@ -17,9 +17,7 @@ import errno
 import json
 import os
 import re
-import secrets
 import shutil
-import socket
 import sys
 import time
 import unicodedata
@@ -31,7 +29,7 @@ from gpt_novel.config import PrepareConfig
 from gpt_novel.data import ingest, segment, shards, stages
 from gpt_novel.data.dataset import FORMAT, MANIFEST, REPORT, Manifest, TokenizerInfo
 from gpt_novel.data.stages import Plan
-from gpt_novel.data.workdir import WorkDir
+from gpt_novel.data.workdir import WorkDir, owner_tag, replace_dir, write_json
 from gpt_novel.data.workers import LazyPool
 from gpt_novel.errors import UserError, free_bytes
 
@@ -133,7 +131,7 @@ def _cache_root(cfg: PrepareConfig) -> Path | None:
 
 def _finish(plan: Plan, work: WorkDir, out: Path, start: float | None) -> dict:
     """The last step: build the data directory from the work directory and publish it."""
-    tmp = _partial_dir(out, _owner_tag())
+    tmp = _partial_dir(out, owner_tag())
     try:
         splits, report = stages.finish(plan, work, tmp)
         vocab_info = work.info("vocab")
@@ -151,9 +149,9 @@ def _finish(plan: Plan, work: WorkDir, out: Path, start: float | None) -> dict:
                                 samples={k: v.samples for k, v in splits.items()})
         if start is not None:
             report["totals"]["seconds"] = round(time.time() - start, 1)
-        _write_json(tmp / REPORT, report)
+        write_json(tmp / REPORT, report)
         manifest.write(tmp)  # last: a directory with a manifest is complete
-        _publish(tmp, out, _owner_tag())
+        replace_dir(tmp, out, _sibling(out, f"old-{owner_tag()}"))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -234,11 +232,6 @@ def _absolute(out: Path) -> Path:
     return Path(os.path.abspath(out))
 
 
-def _owner_tag() -> str:
-    """host-pid-random: build directories of two prepares never share a name, even across hosts or pid reuse."""
-    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', socket.gethostname())}-{os.getpid()}-{secrets.token_hex(8)}"
-
-
 def _leftover_names(out: Path) -> re.Pattern:
     """Names of this output's build directories (no dot inside the owner: `.a.b.partial-…` belongs to `a.b`)."""
     return re.compile(rf"\.{re.escape(_absolute(out).name)}\.(partial|old)-[\w-]*\d+(-[0-9a-f]{{16}})?")
@@ -280,16 +273,6 @@ def _partial_dir(out: Path, tag: str) -> Path:
     return tmp
 
 
-def _publish(tmp: Path, out: Path, tag: str) -> None:
-    if out.exists():
-        old = _sibling(out, f"old-{tag}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
-
-
 @contextlib.contextmanager
 def _disk_full_is_a_user_error(out: Path) -> Iterator[None]:
     """A full disk or quota is for the user to fix: one line naming the path and the space left, no traceback."""
@@ -300,8 +283,3 @@ def _disk_full_is_a_user_error(out: Path) -> Iterator[None]:
             raise
         path = Path(e.filename or out)
         raise UserError(f"disk full while writing {path}: {free_bytes(path):,} bytes free") from None
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-

@@ -80,13 +80,13 @@ class WorkDir:
         """Yield an empty directory to write the output in; on success fill `info` into its marker and put it in
         place (replacing an older output); on failure remove it."""
         final = self.path(step, part)
-        tmp = final.parent / f".{final.name}.tmp-{_tag()}"
+        tmp = final.parent / f".{final.name}.tmp-{owner_tag()}"
         tmp.mkdir(parents=True)
         try:
             yield tmp
             files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
             write_json(tmp / DONE, {"key": key, "files": files, "info": info})
-            _replace_dir(tmp, final)
+            replace_dir(tmp, final, final.parent / f".{final.name}.old-{owner_tag()}")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -100,22 +100,24 @@ class WorkDir:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
+def replace_dir(tmp: Path, final: Path, aside: Path) -> None:
+    """Put the directory `tmp` in place of `final` by renames only: an old `final` is moved to `aside` first and
+    removed once the new one is in place, so a reader sees the old directory or the new one, never a mix."""
     if final.exists():
-        old = final.parent / f".{final.name}.old-{_tag()}"
-        final.rename(old)
+        final.rename(aside)
         tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)
     else:
         tmp.rename(final)
 
 
-def _tag() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+def owner_tag() -> str:
+    """host-pid-random: build directories of two writers never share a name, even across hosts or pid reuse."""
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', socket.gethostname())}-{os.getpid()}-{secrets.token_hex(8)}"
 
 
 def write_json(path: Path, obj: object) -> None:
-    path.write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
 def read_records(path: Path) -> Iterator:
