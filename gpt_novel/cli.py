@@ -6,55 +6,21 @@ import argparse
 import sys
 
 from gpt_novel import __version__
-from gpt_novel.config import PrepareConfig
+from gpt_novel.config import prepare_config
 from gpt_novel.errors import UserError
 
 
 def _prepare_parser(sub) -> None:
-    p = sub.add_parser(
-        "prepare",
-        help="novel .txt files → tokenizer + WebDataset shards",
-        description="Read novels in any common Chinese encoding, clean them, split chapters, segment words with "
-        "thulac, build a vocabulary and write WebDataset shards, a manifest and a report into DATA_DIR.",
-    )
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help=".txt/.json/.jsonl files or directories (searched recursively)")
-    p.add_argument("--out", required=True, metavar="DATA_DIR", help="output directory (created atomically)")
-    p.add_argument("--config", metavar="YAML", help="options from a YAML file (keys as below, with _ or -)")
-    p.add_argument("--tokenizer", choices=("word", "char"), help="word: thulac words + characters (default); "
-                   "char: one token per character")
-    p.add_argument("--vocab-size", type=int, help="vocabulary size including 5 special tokens (default 50000)")
-    p.add_argument("--seq-len", type=int, help="tokens per training sample (default 1024); samples store seq-len+1")
-    p.add_argument("--val-ratio", type=float, help="share of chapters held out for validation (default 0.01, "
-                   "at least one chapter; 0 for none)")
-    p.add_argument("--seed", type=int, help="seed of the train/val split (default 1234)")
-    p.add_argument("--shard-size", help="target shard size, e.g. 256MB (default), 64MiB, 100000")
-    p.add_argument("--partition-size", help="input bytes per partition, the unit of restartable work and of "
-                   "packing (default 32MB); part of what makes the output, unlike --workers and --tasks")
-    p.add_argument("--workers", type=int, help="processes for cleaning and segmentation (default: all cores)")
-    p.add_argument("--to-simplified", action="store_const", const=True, help="convert traditional characters "
-                   "to simplified (OpenCC t2s)")
-    p.add_argument("--cache-dir", help="cache of cleaned files and segmentations (default ~/.cache/gpt-novel)")
-    p.add_argument("--no-cache", action="store_const", const=True, help="do not read or write the cache")
-    p.add_argument("--force", action="store_const", const=True, help="replace DATA_DIR if it holds another dataset")
-    p.add_argument("--work-dir", help="where the steps keep their outputs until DATA_DIR is published (default "
-                   ".DATA_DIR.work next to it; on a cluster, a shared file system)")
-    p.add_argument("--keep-work", action="store_const", const=True, help="keep the work directory after publishing "
-                   "(else it is removed)")
-    p.add_argument("--step", choices=PrepareConfig.STEPS, help="run one step (what slurm/prepare.sh does): plan, "
-                   "then read, merge, segment, vocab, encode, finish; default all, in order")
-    p.add_argument("--task", type=int, help="with --tasks N: this task does partitions TASK, TASK+N, … (default 0)")
-    p.add_argument("--tasks", type=int, help="number of tasks sharing a partition step (default 1)")
+    # `prepare` parses its own options, generated from PrepareConfig: `gpt-novel prepare --help` lists them.
+    p = sub.add_parser("prepare", add_help=False, help="novel .txt files → tokenizer + WebDataset shards")
+    p.add_argument("prepare_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_run_prepare)
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
     from gpt_novel import prepare
-    from gpt_novel.config import load_config
 
-    overrides = {k: v for k, v in vars(args).items() if k not in ("func", "config", "command")}
-    cfg = load_config(PrepareConfig, args.config, overrides).validate()
-    prepare.run(cfg)
+    prepare.run(prepare_config(args.prepare_args))
     return 0
 
 
@@ -136,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         from gpt_novel import launch
 
         return launch.main(argv[1:])
-    args = build_parser().parse_args(argv)
+    if argv[:1] == ["prepare"]:  # prepare's options are generated from its config, --help included
+        args = argparse.Namespace(command="prepare", func=_run_prepare, prepare_args=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except UserError as e:

@@ -10,10 +10,12 @@ import argparse
 import dataclasses
 import os
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from docstring_parser import parse_from_object
+from jsonargparse import ArgumentError, ArgumentParser, DefaultHelpFormatter
 
 from gpt_novel.data.dataset import Dataset
 from gpt_novel.errors import UserError
@@ -40,34 +42,59 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+Step = typing.Literal["all", "plan", "read", "merge", "segment", "vocab", "encode", "finish"]
+
+
 @dataclass
 class PrepareConfig:
     """Options of `gpt-novel prepare`; see the README for what each does."""
 
     inputs: list[str] = field(default_factory=list)
+    """.txt/.json/.jsonl files or directories (searched recursively)"""
     out: str = ""
-    tokenizer: str = "word"
+    """output directory DATA_DIR (published atomically); required"""
+    tokenizer: typing.Literal["word", "char"] = "word"
+    """word: thulac words + characters; char: one token per character"""
     vocab_size: int = 50000
+    """vocabulary size including 5 special tokens"""
     seq_len: int = 1024
+    """tokens per training sample (samples store seq_len + 1)"""
     val_ratio: float = 0.01
+    """share of chapters held out for validation (at least one chapter; 0 for none)"""
     seed: int = 1234
+    """seed of the train/val split"""
     shard_size: str = "256MB"
+    """target shard size, e.g. 256MB, 64MiB, 100000"""
     partition_size: str = "32MB"
-    workers: int = 0  # 0: all cores
+    """input bytes per partition, the unit of restartable work and of packing; part of what makes the output,
+    unlike --workers and --tasks"""
+    workers: int = 0
+    """processes for cleaning and segmentation; 0: all cores"""
     to_simplified: bool = False
+    """convert traditional characters to simplified (OpenCC t2s)"""
     cache_dir: str | None = None
+    """cache of cleaned files and segmentations; unset: ~/.cache/gpt-novel"""
     no_cache: bool = False
+    """do not read or write the cache"""
     force: bool = False
-    work_dir: str | None = None  # None: .NAME.work next to --out
+    """replace DATA_DIR if it holds another gpt-novel dataset"""
+    work_dir: str | None = None
+    """where the steps keep their outputs until DATA_DIR is published; unset: .DATA_DIR.work next to it (on a
+    cluster, a shared file system)"""
     keep_work: bool = False
-    step: str = "all"
+    """keep the work directory after publishing (else it is removed)"""
+    step: Step = "all"
+    """run one step (what slurm/prepare.sh does): plan, then read, merge, segment, vocab, encode, finish; all: each
+    in order"""
     task: int = 0
+    """with --tasks N: this task does partitions TASK, TASK+N, …"""
     tasks: int = 1
+    """number of tasks sharing a partition step"""
 
     # Options that change the bytes of the output; the rest (workers, cache, force, work dir, steps) never do.
     OUTPUT_OPTIONS: typing.ClassVar = ("tokenizer", "vocab_size", "seq_len", "val_ratio", "seed", "shard_size",
                                        "partition_size", "to_simplified")
-    STEPS: typing.ClassVar = ("all", "plan", "read", "merge", "segment", "vocab", "encode", "finish")
+    STEPS: typing.ClassVar = typing.get_args(Step)
 
     def validate(self) -> PrepareConfig:
         if not self.inputs:
@@ -102,60 +129,96 @@ def _in_range(option: str, value: int, lo: int, hi: int) -> None:
         raise UserError(f"{option} {value} is out of range ({lo} to {hi})")
 
 
-def load_config(cls: type, yaml_path: str | None, overrides: dict):
-    """Build a config dataclass: defaults ← YAML file ← CLI overrides (None means 'not given')."""
-    values: dict = {}
-    if yaml_path:
-        values.update(_read_yaml(Path(yaml_path)))
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise UserError(f"unknown config key(s) in {yaml_path or 'options'}: {', '.join(unknown)}")
+def field_parser(cls: type, prog: str, description: str = "", epilog: str = "",
+                 positional: str | None = None) -> ArgumentParser:
+    """One `--field-name` per field of the dataclass `cls`, its type, default and help taken from the field itself
+    (the docstring under it). jsonargparse does the typing (YAML values and flags alike); we only name the flags
+    with dashes, as the README does, and let a true/false flag stand alone (`--force` is `--force true`). The field
+    named `positional` (a list) is taken from the bare arguments instead."""
+    parser = ArgumentParser(prog=prog, description=description, epilog=epilog, exit_on_error=False,
+                            formatter_class=_HelpFormatter)
+    parser.add_argument("--config", metavar="YAML", help="defaults from a YAML file (keys: the option names, with "
+                        "_ or -); flags win over it; may be given more than once")
+    docs = {p.arg_name: p.description for p in parse_from_object(cls).params}
     hints = typing.get_type_hints(cls)
-    for key, value in values.items():
-        values[key] = _coerce(key, value, hints[key])
-    return cls(**values)
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        kind = hints[f.name]
+        extra = {"nargs": "?", "const": True, "metavar": "true|false"} if kind is bool else {}
+        if f.name == positional:
+            parser.add_argument(f.name, nargs="*", type=str, metavar=f.name.upper().removesuffix("S"),
+                                default=default, help=docs.get(f.name))
+            continue
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=default,
+                            help=docs.get(f.name) or " ", **extra)
+    return parser
 
 
-def _read_yaml(path: Path) -> dict:
-    import yaml
+def parse_config(cls: type, argv: list[str], prog: str, description: str = "", epilog: str = "",
+                 positional: str | None = None):
+    """Defaults ← each --config YAML in turn ← flags, typed; a bad value or unknown key is one UserError line. The
+    files become the parser's defaults, so `--config tiny --help` shows the preset's values."""
+    configs, flags = _split_configs(argv)
+    parser = field_parser(cls, prog, description, epilog, positional)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for path in configs:
+        loaded = _parsed(parser.parse_path, path, where=f"--config {path}: ")
+        parser.set_defaults(**{name: loaded[name] for name in names})
+    namespace = _parsed(parser.parse_args, flags)
+    return cls(**{name: namespace[name] for name in names})
 
+
+def _parsed(parse, args, where: str = ""):
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping of option: value")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+        return parse(args)
+    except ArgumentError as e:
+        raise UserError(where + _one_line(str(e))) from None
 
 
-def _coerce(key: str, value, hint):
-    """YAML and argparse give the right types already; reject what does not fit instead of failing later."""
-    base = typing.get_origin(hint) or hint
-    if base in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(hint) if a is not type(None)]
-        return value if value is None else _coerce(key, value, options[0])
-    if base is list:
-        return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        raise UserError(f"{key.replace('_', '-')} must be true or false, not {value!r}")
-    if base in (int, float):
-        try:
-            return base(value) if not isinstance(value, bool) else _bad(key, value, base)
-        except (TypeError, ValueError):
-            _bad(key, value, base)
-    if base is str:
-        return str(value)
-    return value
+def _split_configs(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The --config values of a command line (checked to exist) and the other arguments."""
+    configs, rest, args = [], [], iter(argv)
+    for arg in args:
+        if arg == "--config" or arg.startswith("--config="):
+            path = arg.removeprefix("--config=") if "=" in arg else next(args, "")
+            if not Path(path).is_file():
+                raise UserError(f"--config {path}: no such file")
+            configs.append(path)
+        else:
+            rest.append(arg)
+    return configs, rest
 
 
-def _bad(key: str, value, base):
-    raise UserError(f"{key.replace('_', '-')} must be {'an integer' if base is int else 'a number'}, not {value!r}")
+def prepare_config(argv: list[str]) -> PrepareConfig:
+    """Parse `prepare` arguments: INPUT… and any field as --field-name VALUE, checked."""
+    return parse_config(PrepareConfig, argv, "gpt-novel prepare", PREPARE_DESCRIPTION, positional="inputs").validate()
+
+
+PREPARE_DESCRIPTION = ("Read novels in any common Chinese encoding, clean them, split chapters, segment words "
+                       "with thulac,\nbuild a vocabulary and write WebDataset shards, a manifest and a report into "
+                       "DATA_DIR.")
+
+
+def load_config(cls: type, yaml_path: str | None, overrides: dict):
+    """A config from a YAML file (e.g. a checkpoint's config.yaml), then values already typed by the caller."""
+    config = parse_config(cls, ["--config", yaml_path] if yaml_path else [], cls.__name__)
+    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _one_line(message: str) -> str:
+    """jsonargparse's errors span lines ('Parser key "lr":\\n  Expected a <class 'float'>…'): one line, no class
+    reprs, flags spelled as on the command line."""
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    text = re.sub(r"Expected a <class '(\w+)'>\. Got value: (.*)", r"expected \1, not \2", text)
+    text = re.sub(r"Expected a typing\.Literal\[(.*)\]\. Got value: (.*)", r"expected one of \1, not \2", text)
+    text = re.sub(r"Option '(\w+)' is not accepted", r"unknown option '\1'", text)
+    text = text.replace("Problems parsing config: ", "not valid YAML: ")
+    text = re.sub(r"^Unexpected config: .*", "must hold a mapping of option: value", text)
+    return re.sub(r'Parser key "(\w+)":', lambda m: "--" + m.group(1).replace("_", "-") + ":", text)
+
+
+class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Keep the epilog's line breaks (the preset list) while wrapping the options' help."""
 
 
 @dataclass
@@ -164,45 +227,84 @@ class TrainConfig:
 
     # where
     data: str = ""
+    """the prepared data directory (made by `gpt-novel prepare`); required"""
     run_dir: str = ""
+    """where checkpoints, metrics.jsonl and TensorBoard go; rerunning with the same one resumes; required"""
     # model (GPT-2)
     preset: str = "custom"
+    """a name recorded with the run (the presets set it); it selects nothing: --config does"""
     n_layer: int = 2
+    """transformer blocks"""
     n_head: int = 4
+    """attention heads (must divide n_embd)"""
     n_embd: int = 128
-    n_positions: int = 0  # 0: the data's seq_len
+    """hidden size"""
+    n_positions: int = 0
+    """longest context the model accepts; 0: the data's seq len"""
     dropout: float = 0.1
+    """dropout in [0, 1)"""
     activation_checkpointing: bool = False
+    """recompute activations in backward: less memory, same gradients"""
     compile: bool = False
+    """torch.compile the model (inductor)"""
     # optimisation
     max_steps: int = 200
+    """optimizer steps to train; raise it and rerun to train longer"""
     micro_batch_size: int = 8
+    """sequences per process per forward pass"""
     grad_accum: int = 1
-    global_batch_size: int = 0  # 0: whatever micro_batch_size × grad_accum × world size gives; else checked
+    """micro batches accumulated per optimizer step"""
+    global_batch_size: int = 0
+    """sequences per optimizer step; 0: micro batch × grad accum × processes, else it must equal that"""
     lr: float = 3e-4
+    """peak learning rate (after warmup)"""
     min_lr: float = 3e-5
+    """learning rate at the end of the cosine decay"""
     warmup_steps: int = 100
+    """linear warmup steps; must be below max steps"""
     weight_decay: float = 0.1
+    """AdamW weight decay (not applied to biases and norms)"""
     beta1: float = 0.9
+    """AdamW beta1"""
     beta2: float = 0.95
+    """AdamW beta2"""
     grad_clip: float = 1.0
+    """gradient norm clipping"""
     deepspeed: str = "ds_configs/zero2.json"
+    """DeepSpeed JSON (ds_configs/zero1, zero2, zero3, zero3_offload.json); under `accelerate launch`: the one its
+    YAML names"""
     seed: int = 1234
+    """seed of the weights and of the data order"""
     num_workers: int = 1
+    """DataLoader worker processes per rank"""
     # checkpoints
     save_every: int = 100
+    """steps between checkpoints"""
     keep_last: int = 3
-    resume: str = "auto"  # auto | never | PATH of a checkpoint
+    """newest checkpoints kept (the best by val loss is kept besides)"""
+    resume: str = "auto"
+    """auto: the newest complete checkpoint of --run-dir; never: start over; or a checkpoint directory"""
     max_bad_steps: int = 5
+    """stop after this many steps in a row with a non-finite loss or gradient"""
     # observability
     eval_every: int = 100
+    """steps between validation evaluations"""
     eval_batches: int = 20
+    """micro batches per rank in each evaluation"""
+    overfit_evals: int = 3
+    """warn when the val loss rose this many evaluations in a row while the train loss fell; 0: never"""
     sample_every: int = 500
+    """steps between greedy samples written to the log"""
     sample_tokens: int = 48
-    peak_flops: float = 0.0  # per device, for MFU; 0: from the GPU's name where known
+    """tokens in each logged sample"""
+    peak_flops: float = 0.0
+    """peak FLOP/s per device for MFU; 0: from the GPU's name where known"""
     tensorboard: bool = True
+    """write TensorBoard scalars and text to RUN_DIR/tensorboard"""
     progress: bool = True
+    """show a progress bar (rank 0)"""
     log_all_ranks: bool = False
+    """let every rank print its messages, not only rank 0"""
 
     def validate(self, world_size: int, dataset: Dataset) -> TrainConfig:
         """Check the options against each other and against the data, without touching the file system (that is
@@ -255,32 +357,35 @@ def check_files(cfg: TrainConfig) -> Dataset:
     return dataset
 
 
-def train_config(argv: list[str]) -> tuple[TrainConfig, argparse.Namespace]:
-    """Parse `train` arguments: --config PRESET.yaml, then any field as --field-name VALUE."""
-    parser = argparse.ArgumentParser(prog="gpt-novel train", description="Train GPT-2 on prepared shards.")
-    parser.add_argument("--config", metavar="YAML", help="a preset (launch/presets/tiny.yaml …) or a saved config")
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if hints[f.name] is bool:
-            parser.add_argument(flag, type=_parse_bool, metavar="true|false", default=None)
-        else:
-            parser.add_argument(flag, type=str, default=None, metavar=f.name.upper())
-    args = parser.parse_args(argv)
-    config = args.config
-    if config and not Path(config).exists() and (PRESETS / f"{config}.yaml").exists():
-        config = str(PRESETS / f"{config}.yaml")
-    overrides = {k: v for k, v in vars(args).items() if k != "config"}
-    return load_config(TrainConfig, config, overrides), args
+def train_config(argv: list[str]) -> TrainConfig:
+    """Parse `train` arguments: --config PRESET (a name or a YAML file), then any field as --field-name VALUE."""
+    return parse_config(TrainConfig, _with_preset_paths(argv), "gpt-novel train",
+                        "Train GPT-2 on prepared shards with DeepSpeed: one process here; for several, run\n"
+                        "`-m gpt_novel.train` with the same options under accelerate launch or torchrun.",
+                        _presets_help())
 
 
 REPO = Path(__file__).resolve().parent.parent
 PRESETS = REPO / "launch" / "presets"
 
 
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+def presets() -> dict[str, str]:
+    """Preset name → the first sentence of its YAML's leading comment."""
+    return {p.stem: p.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").split(". ")[0]
+            for p in sorted(PRESETS.glob("*.yaml"))}
+
+
+def _presets_help() -> str:
+    return "presets (--config NAME):\n" + "\n".join(f"  {line}" for line in presets().values())
+
+
+def _with_preset_paths(argv: list[str]) -> list[str]:
+    """`--config tiny` → the preset's YAML; a name that is neither a file nor a preset is refused with the list."""
+    out = []
+    for arg, before in zip(argv, [None, *argv[:-1]], strict=True):
+        if before == "--config" and not Path(arg).exists():
+            if arg not in presets():
+                raise UserError(f"--config {arg}: no such file or preset (presets: {', '.join(presets())})")
+            arg = str(PRESETS / f"{arg}.yaml")
+        out.append(arg)
+    return out

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     rank, world = parallel.rank_from_env(), parallel.world_size_from_env()
     try:
-        cfg, _ = train_config(argv)
+        cfg = train_config(argv)
         dataset = check_files(cfg)
         cfg.validate(world, dataset)
         holder = _claim_run_dir(cfg) if rank == 0 else None

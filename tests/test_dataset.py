@@ -199,9 +199,9 @@ def test_validate_reads_no_file(data):
     dataset = Dataset(Path("/gone"), Dataset.load(data).manifest)
     args = ["--config", "tiny", "--data", "/gone", "--run-dir", "r", "--micro-batch-size", "2", "--grad-accum", "1",
             "--deepspeed", "nope.json", "--resume", "/gone/ckpt"]
-    assert train_config(args)[0].validate(5, dataset).n_positions == SEQ
+    assert train_config(args).validate(5, dataset).n_positions == SEQ
     with pytest.raises(UserError, match="has 10 training samples, fewer than one optimizer step needs"):
-        train_config(args)[0].validate(6, dataset)
+        train_config(args).validate(6, dataset)
 
 
 @pytest.mark.parametrize("damage", ["missing", "other format", "vocab size"])

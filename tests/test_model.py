@@ -13,12 +13,12 @@ from gpt_novel.model import build_model, count_params, param_groups
 
 @pytest.fixture(scope="module")
 def cfg(sample_data) -> TrainConfig:
-    cfg, _ = train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "unused"])
+    cfg = train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "unused"])
     return cfg.validate(2, check_files(cfg))
 
 
 def test_preset_and_overrides(sample_data):
-    cfg, _ = train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "r", "--n-layer", "3",
+    cfg = train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "r", "--n-layer", "3",
                            "--lr", "1e-3", "--compile", "true"])
     assert (cfg.preset, cfg.n_layer, cfg.n_embd, cfg.lr, cfg.compile) == ("tiny", 3, 128, 1e-3, True)
 
@@ -72,12 +72,12 @@ def test_activation_checkpointing_recomputes_the_same_gradients(cfg, sample_data
      (["--micro-batch-size", "64", "--grad-accum", "64"], "fewer than one optimizer step needs")],
 )
 def test_bad_configs_are_refused_with_one_line(sample_data, args, message):
-    cfg, _ = train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "r", *args])
+    cfg = train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "r", *args])
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         cfg.validate(2, check_files(cfg))
 
 
 def test_missing_data_directory(tmp_path):
-    cfg, _ = train_config(["--config", "tiny", "--data", str(tmp_path), "--run-dir", "r"])
+    cfg = train_config(["--config", "tiny", "--data", str(tmp_path), "--run-dir", "r"])
     with pytest.raises(UserError, match="not a prepared data directory"):
         check_files(cfg)

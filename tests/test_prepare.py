@@ -203,8 +203,8 @@ def test_options_from_yaml_with_cli_overrides(tmp_path, cache_dir):
 
 @pytest.mark.parametrize(
     ("yaml_text", "message"),
-    [("seq_lenn: 32\n", "unknown config key(s)"), ("seq_len: many\n", "seq-len must be an integer"),
-     ("[1, 2]\n", "must hold a mapping"), ("to_simplified: 3\n", "to-simplified must be true or false")],
+    [("seq_lenn: 32\n", "unknown option 'seq_lenn'"), ("seq_len: many\n", "--seq-len: expected int, not many"),
+     ("[1, 2]\n", "must hold a mapping"), ("to_simplified: 3\n", "--to-simplified: expected bool, not 3")],
 )
 def test_bad_yaml_config_gets_one_line(tmp_path, cache_dir, capsys, yaml_text, message):
     config = tmp_path / "prepare.yaml"
