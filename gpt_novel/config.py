@@ -333,7 +333,8 @@ class TrainConfig:
         if not 0 <= self.dropout < 1:
             raise UserError(f"dropout {self.dropout} must be in [0, 1)")
         if self.warmup_steps < 0 or self.warmup_steps >= self.max_steps:
-            raise UserError(f"warmup_steps {self.warmup_steps} must be in [0, max_steps {self.max_steps})")
+            raise UserError(f"--warmup-steps {self.warmup_steps} must be at least 0 and below --max-steps "
+                            f"{self.max_steps}: lower it too (e.g. --warmup-steps {self.max_steps // 10})")
         if dataset.train_samples() < global_batch:
             raise UserError(f"{dataset.root} has {dataset.train_samples()} training samples, fewer than one "
                             f"optimizer step needs ({global_batch} = world size × micro batch × accumulation)")
