@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from gpt_novel.generate import SamplingOptions, continue_text, load, prompt_ids
+    from gpt_novel.generate import SamplingOptions, continue_text, generation_kwargs, load, prompt_ids
 
     with tempfile.TemporaryDirectory() as tmp:
         model, vocab = load(args.model or _model_dir(Path(tmp)))
@@ -68,10 +68,7 @@ def main() -> None:
     options = SamplingOptions(max_new_tokens=args.max_new_tokens, seed=1)
     ids = prompt_ids(vocab, prompt, options, model.config.n_positions)  # also loads thulac once
     batch = torch.tensor([ids], device=model.device)
-    common = dict(attention_mask=torch.ones_like(batch), max_new_tokens=options.max_new_tokens, do_sample=True,
-                  temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
-                  repetition_penalty=options.repetition_penalty, eos_token_id=vocab.cls, pad_token_id=vocab.pad,
-                  bad_words_ids=[[vocab.unk], [vocab.pad], [vocab.mask]])
+    common = dict(attention_mask=torch.ones_like(batch), **generation_kwargs(vocab, options))
 
     def bare(use_cache: bool) -> torch.Tensor:
         torch.manual_seed(options.seed)

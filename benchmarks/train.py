@@ -49,8 +49,10 @@ def _trainer(args, data: Path, run_dir: Path) -> dict:
            "--warmup-steps", "1", "--save-every", str(args.steps), "--eval-every", str(args.steps),
            "--sample-every", str(args.steps), "--num-workers", str(args.num_workers), "--progress", "false",
            "--dropout", "0", "--deepspeed", str(_deepspeed_path(args.deepspeed))]
+    from gpt_novel.metrics import read_metrics
+
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(run_dir)
     steps = [x for x in lines if "loss" in x][args.warmup:]
     seconds = [x["tokens_per_s"] for x in steps]
     step_time = [args.micro_batch * args.grad_accum * _seq_len(data) / t for t in seconds]

@@ -24,12 +24,17 @@ from tqdm import tqdm
 
 from gpt_novel import checkpoint
 from gpt_novel.config import TrainConfig, load_config
-from gpt_novel.data.vocab import CLS, MASK, PAD, UNK, Vocab
+from gpt_novel.data.vocab import Vocab
 from gpt_novel.data.workdir import owner_tag, replace_dir
 from gpt_novel.errors import UserError
+from gpt_novel.generate import DTYPES, SamplingOptions, generation_kwargs
+from gpt_novel.metrics import last_eval
 from gpt_novel.model import build_model
 
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+# The dtypes a folder is saved in: fp16 is left out because training ran in bf16, whose range fp16 lacks
+# (activations that fit bf16 can overflow fp16), so a folder saved in fp16 could generate NaNs; tools/sample.py can
+# still load a bf16/fp32 folder in fp16 on purpose.
+SAVE_DTYPES = tuple(name for name in DTYPES if name != "fp16")
 
 
 def find_checkpoint(src: str | Path, step: int | None = None) -> Path:
@@ -132,15 +137,12 @@ def _check_shapes(lazy: dict, expected: dict, vocab: Vocab, ckpt: Path) -> None:
 
 
 def generation_config(vocab: Vocab, n_positions: int):
-    """Sampling defaults; a chapter ends at [CLS]; [UNK], [PAD] and [MASK] are never generated."""
+    """tools/sample.py's defaults (from generate.py, so `pipeline(...)` samples as sample.py does); a chapter
+    starts at [MASK] and ends at [CLS]."""
     from transformers import GenerationConfig
 
-    return GenerationConfig(
-        bos_token_id=vocab.index[MASK], eos_token_id=vocab.index[CLS], pad_token_id=vocab.index[PAD],
-        bad_words_ids=[[vocab.index[UNK]], [vocab.index[PAD]], [vocab.index[MASK]]],
-        do_sample=True, temperature=0.9, top_k=40, top_p=0.95, repetition_penalty=1.1,
-        max_new_tokens=min(256, n_positions // 2),
-    )
+    options = SamplingOptions(max_new_tokens=min(256, n_positions // 2))
+    return GenerationConfig(bos_token_id=vocab.mask, **generation_kwargs(vocab, options))
 
 
 def _copy_tokenizer(src: Path, out: Path) -> None:
@@ -152,23 +154,8 @@ def _copy_tokenizer(src: Path, out: Path) -> None:
                                                + "\n", encoding="utf-8")
 
 
-def _last_eval(run_dir: Path, step: int) -> dict | None:
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.exists():
-        return None
-    evals = []
-    for line in metrics.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "val_loss" in record and record["step"] <= step:
-            evals.append(record)
-    return evals[-1] if evals else None
-
-
 def model_card(ckpt: Path, cfg: TrainConfig, state: dict, dtype: str, out: Path) -> str:
-    last = _last_eval(ckpt.parent.parent, state["step"])
+    last = last_eval(ckpt.parent.parent, state["step"])
     val = (f"val loss {last['val_loss']:.4f}, perplexity {last['val_ppl']:.2f}, {last['val_bpc']:.3f} bits per "
            f"character (step {last['step']})" if last else "no validation recorded")
     return f"""---
@@ -206,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("src", metavar="RUN_DIR_OR_CHECKPOINT")
     parser.add_argument("out", metavar="OUT_DIR")
     parser.add_argument("--step", type=int, help="the checkpoint of this step (default: the newest complete one)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--dtype", choices=SAVE_DTYPES, default="bf16")
     args = parser.parse_args(argv)
     try:
         out = consolidate(args.src, args.out, args.step, args.dtype)

@@ -81,14 +81,26 @@ def repetition_rate(text: str, n: int = 4) -> float:
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
+def shortfall(n_chapters: int, n_long_enough: int, asked: int, min_chars: int) -> str:
+    """Why fewer chapters than --chapters are continued, so a small val split is not mistaken for the number asked."""
+    have = f"the val split has {n_chapters} chapter{'s' if n_chapters != 1 else ''}"
+    if n_long_enough < n_chapters:
+        have += f", {n_long_enough} of them with at least {min_chars} characters"
+    return f"{have}; continuing {n_long_enough} of the {asked} asked"
+
+
 def continuation_quality(model, vocab: Vocab, chapters: list[str], k: int, prompt_chars: int, gen_chars: int,
                          seed: int) -> dict:
     import sacrebleu
 
-    usable = [c for c in chapters if len(c) >= prompt_chars + gen_chars][:k]
-    if not usable:
+    long_enough = [c for c in chapters if len(c) >= prompt_chars + gen_chars]
+    if not long_enough:
         raise UserError(f"no held-out chapter has {prompt_chars + gen_chars} characters; lower --prompt-chars or "
                         "--gen-chars")
+    usable = long_enough[:k]
+    if len(usable) < k:
+        print(f"gpt-novel eval: warning: {shortfall(len(chapters), len(long_enough), k, prompt_chars + gen_chars)}",
+              file=sys.stderr)
     max_new = min(gen_chars, model.config.n_positions // 2)
     hyps, refs = [], []
     for n, chapter in enumerate(usable):
@@ -96,7 +108,8 @@ def continuation_quality(model, vocab: Vocab, chapters: list[str], k: int, promp
         hyps.append(continue_text((model, vocab), chapter[:prompt_chars], options)[0][:gen_chars])
         refs.append(chapter[prompt_chars : prompt_chars + gen_chars])
     return {
-        "chapters": len(usable), "prompt_chars": prompt_chars, "gen_chars": gen_chars, "seed": seed,
+        "chapters": len(usable), "chapters_asked": k, "prompt_chars": prompt_chars, "gen_chars": gen_chars,
+        "seed": seed,
         "bleu": sacrebleu.corpus_bleu(hyps, [refs], tokenize="zh").score,
         "rouge_l": sum(rouge_l(h, r) for h, r in zip(hyps, refs, strict=True)) / len(hyps),
         "distinct_1": distinct(hyps, 1), "distinct_2": distinct(hyps, 2),
@@ -141,4 +154,5 @@ def run_cli(args: argparse.Namespace) -> int:
         card = Path(args.model_dir) / "README.md"
         with open(card, "a", encoding="utf-8") as f:
             f.write(f"\n## Evaluation (`gpt-novel eval`, data {args.data})\n\n```\n{table(result)}\n```\n")
+        print(f"updated {card} (evaluation appended)", file=sys.stderr)
     return 0

@@ -27,6 +27,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 @dataclass
 class SamplingOptions:
+    """How to sample; the defaults are the project's one set, used by tools/sample.py and saved by consolidate."""
+
     max_new_tokens: int = 200
     temperature: float = 0.9
     top_k: int = 40
@@ -35,6 +37,24 @@ class SamplingOptions:
     num_samples: int = 1
     seed: int | None = None
     new_chapter: bool = False
+
+
+def never_generated(vocab: Vocab) -> list[list[int]]:
+    """`bad_words_ids` for [UNK], [PAD] and [MASK]: text never holds them, so a model that emits one is wrong."""
+    return [[vocab.unk], [vocab.pad], [vocab.mask]]
+
+
+def generation_kwargs(vocab: Vocab, options: SamplingOptions) -> dict:
+    """`model.generate` / `GenerationConfig` arguments for `options`: one place, so sampling and the saved config
+    agree. Temperature 0 is greedy (the sampling knobs are then unset, as transformers wants); [CLS] ends a chapter.
+    """
+    sampling = options.temperature > 0
+    return dict(
+        max_new_tokens=options.max_new_tokens, do_sample=sampling,
+        temperature=options.temperature if sampling else None, top_k=options.top_k if sampling else None,
+        top_p=options.top_p if sampling else None, repetition_penalty=options.repetition_penalty,
+        eos_token_id=vocab.cls, pad_token_id=vocab.pad, bad_words_ids=never_generated(vocab),
+    )
 
 
 def load(model_dir: str | Path, device: str | None = None, dtype: str | None = None):
@@ -72,15 +92,9 @@ def continue_text(model_or_dir, prompt: str, options: SamplingOptions | None = N
     if options.seed is not None:
         torch.manual_seed(options.seed)
     batch = torch.tensor([ids] * options.num_samples, device=model.device)
-    sampling = options.temperature > 0
     with torch.no_grad():
-        out = model.generate(
-            batch, attention_mask=torch.ones_like(batch), max_new_tokens=options.max_new_tokens,
-            do_sample=sampling, temperature=options.temperature if sampling else None,
-            top_k=options.top_k if sampling else None, top_p=options.top_p if sampling else None,
-            repetition_penalty=options.repetition_penalty, use_cache=True, streamer=streamer,
-            eos_token_id=vocab.cls, pad_token_id=vocab.pad, bad_words_ids=[[vocab.unk], [vocab.pad], [vocab.mask]],
-        )
+        out = model.generate(batch, attention_mask=torch.ones_like(batch), use_cache=True, streamer=streamer,
+                             **generation_kwargs(vocab, options))
     return [decode_until_end(vocab, row[len(ids):].tolist()) for row in out]
 
 

@@ -114,12 +114,17 @@ def _record(line: str) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _step_of(line: str) -> float | None:
-    """The "step" of one metrics.jsonl line, or None for a line without one (to be dropped)."""
-    step = (_record(line) or {}).get("step")
+def _step_in(record: dict) -> float | None:
+    """The "step" of one record, or None for a record without a numeric one (readers drop it)."""
+    step = record.get("step")
     if isinstance(step, bool) or not isinstance(step, int | float):
         return None
     return step
+
+
+def _step_of(line: str) -> float | None:
+    """The "step" of one metrics.jsonl line, or None for a line without one (to be dropped)."""
+    return _step_in(_record(line) or {})
 
 
 def _truncate_after(path: Path, start_step: int) -> None:
@@ -328,6 +333,17 @@ def read_metrics(run_dir: Path) -> list[dict]:
     """Every record of RUN_DIR/metrics.jsonl in file order; torn or non-object lines are skipped."""
     text = (Path(run_dir) / METRICS_FILE).read_text(encoding="utf-8", errors="replace")
     return [r for r in map(_record, text.splitlines()) if r is not None]
+
+
+def last_eval(run_dir: Path, step: int) -> dict | None:
+    """The last eval record (`"val_loss"`) at or before `step`, or None when there is none or no metrics.jsonl.
+
+    For describing a checkpoint: a killed run may have logged evals after it that the checkpoint's weights never saw.
+    """
+    if not (Path(run_dir) / METRICS_FILE).is_file():
+        return None
+    evals = [r for r in read_metrics(run_dir) if "val_loss" in r and (s := _step_in(r)) is not None and s <= step]
+    return evals[-1] if evals else None
 
 
 def _finite(x: Any) -> bool:

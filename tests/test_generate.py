@@ -143,6 +143,15 @@ def _rigged_model(sample_data: Path, out: Path, favourite: str, runner_up: str |
     return out
 
 
+def test_the_saved_generation_config_holds_the_sampling_defaults(sample_data):
+    vocab = Vocab.load(sample_data / "tokenizer")
+    gen, defaults = consolidate.generation_config(vocab, 64), generate.SamplingOptions()
+    assert (gen.temperature, gen.top_k, gen.top_p, gen.repetition_penalty) == (
+        defaults.temperature, defaults.top_k, defaults.top_p, defaults.repetition_penalty)
+    assert gen.do_sample and gen.max_new_tokens == 32 and gen.bos_token_id == vocab.mask
+    assert gen.bad_words_ids == generate.never_generated(vocab) == [[vocab.unk], [vocab.pad], [vocab.mask]]
+
+
 def test_generation_stops_at_cls(sample_data, tmp_path):
     folder = _rigged_model(sample_data, tmp_path / "m", "[CLS]")
     texts = generate.continue_text(folder, "青石镇", generate.SamplingOptions(max_new_tokens=10, seed=1))
@@ -289,3 +298,30 @@ def test_eval_cli_is_seeded_and_writes_json_and_card(random_model, sample_data, 
     assert c["chapters"] >= 1 and 0 <= c["rouge_l"] <= 1 and 0 <= c["distinct_1"] <= 1
     assert "## Evaluation" in (random_model / "README.md").read_text()
     assert main(["eval", str(tmp_path), "--data", str(sample_data)]) == 2
+
+
+def test_eval_says_when_it_continues_fewer_chapters_and_which_card_it_updated(random_model, sample_data, tmp_path,
+                                                                             capsys):
+    from gpt_novel.cli import main
+
+    _, vocab = generate.load(random_model, "cpu")
+    n = len(evaluate.held_out_chapters(vocab, ShardSet.load(Dataset.load(sample_data), "val")))
+    out, card = tmp_path / "a.json", random_model / "README.md"
+    args = ["eval", str(random_model), "--data", str(sample_data), "--prompt-chars", "20", "--gen-chars", "20",
+            "--json", str(out)]
+    ours = ("gpt-novel", "wrote ", "updated ")  # not transformers' progress bars
+    assert main([*args, "--chapters", str(n)]) == 0
+    assert [x for x in capsys.readouterr().err.splitlines() if x.startswith(ours)] == [f"wrote {out}"]
+    assert main([*args, "--chapters", str(n + 7), "--model-card"]) == 0
+    s = "s" if n != 1 else ""
+    assert [x for x in capsys.readouterr().err.splitlines() if x.startswith(ours)] == [
+        f"gpt-novel eval: warning: the val split has {n} chapter{s}; continuing {n} of the {n + 7} asked",
+        f"wrote {out}", f"updated {card} (evaluation appended)"]
+    c = json.loads(out.read_text())["continuation"]
+    assert (c["chapters"], c["chapters_asked"]) == (n, n + 7)
+
+
+def test_shortfall_names_the_chapters_too_short_to_continue():
+    assert evaluate.shortfall(1, 1, 8, 128) == "the val split has 1 chapter; continuing 1 of the 8 asked"
+    assert (evaluate.shortfall(3, 2, 8, 128)
+            == "the val split has 3 chapters, 2 of them with at least 128 characters; continuing 2 of the 8 asked")
