@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from gpt_novel.faults import STATUS_ENV
+from gpt_novel.parallel import name_deepspeed_accelerator
 from gpt_novel.train import STOP_FILE
 
 USAGE = "usage: gpt-novel launch torchrun|accelerate|python … -m gpt_novel.train … --run-dir RUN_DIR …"
@@ -42,11 +43,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     with tempfile.TemporaryDirectory(prefix="gpt-novel-launch-") as tmp:
         status = Path(tmp) / "status"
-        proc = subprocess.Popen(argv, env={**os.environ, STATUS_ENV: str(status)}, start_new_session=True)
+        name_deepspeed_accelerator()  # the launcher imports DeepSpeed too: it stays quiet as the trainer does
+        proc = subprocess.Popen(argv, env=_launcher_env(argv, status), start_new_session=True)
         _forward_signals(proc, run_dir_of(argv))
         code = _wait(proc)
         recorded = status.read_text().strip() if status.exists() else ""
     return int(recorded) if recorded.lstrip("-").isdigit() else code
+
+
+def _launcher_env(argv: list[str], status: Path) -> dict[str, str]:
+    """torchrun and accelerate set OMP_NUM_THREADS=1 for each worker when it is unset, with a five-line banner about
+    it: set it for them (the same value) so that a first start has no line a user must ask about."""
+    env = {**os.environ, STATUS_ENV: str(status)}
+    if Path(argv[0]).name in ("torchrun", "accelerate"):
+        env.setdefault("OMP_NUM_THREADS", "1")
+    return env
 
 
 def _forward_signals(proc: subprocess.Popen, run_dir: Path | None) -> None:

@@ -21,6 +21,7 @@ import math
 import os
 import re
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import IO, Any
@@ -30,6 +31,7 @@ from tqdm import tqdm
 from gpt_novel.errors import UserError
 
 METRICS_FILE = "metrics.jsonl"
+STATUS_SECONDS = 30.0
 TENSORBOARD_DIR = "tensorboard"
 
 # Dense (no sparsity) bf16 tensor-core peak FLOP/s per device, from the vendors' datasheets. Matched in order
@@ -196,15 +198,12 @@ class Metrics:
             self._writer = SummaryWriter(
                 log_dir=str(self.run_dir / TENSORBOARD_DIR), purge_step=start_step + 1 if start_step else None
             )
-        if progress:
-            self._bar = tqdm(
-                total=total_steps,
-                initial=start_step,
-                unit="step",
-                dynamic_ncols=True,
-                # In a Slurm log (not a terminal) every redraw is a new line: redraw rarely there.
-                mininterval=0.1 if sys.stderr.isatty() else 30.0,
-            )
+        # A bar in a terminal; in a log (a Slurm job, `make demo | tee`) every redraw of a bar would stay in the
+        # file, so there a plain status line every STATUS_SECONDS and one at the last step instead.
+        self._total = total_steps
+        self._status_at = time.monotonic() if progress and not sys.stderr.isatty() else None
+        if progress and self._status_at is None:
+            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=0.1)
 
     def __enter__(self) -> Metrics:
         return self
@@ -275,6 +274,8 @@ class Metrics:
             ("perf/data_wait_s", "data_wait_s"),
         ):
             self._scalar(tag, record[key], step)
+        if self._status_at is not None:
+            self._status_line(record)
         if self._bar is not None:
             self._bar.set_postfix({"loss": f"{record['loss']:.4f}", "tok/s": f"{record['tokens_per_s']:,.0f}"},
                                   refresh=False)
@@ -282,6 +283,14 @@ class Metrics:
                 self._bar.update(step - self._bar.n)
             else:
                 self._bar.refresh()
+
+    def _status_line(self, record: dict[str, Any]) -> None:
+        """The bar's facts as one line, at most every STATUS_SECONDS, and at the last step."""
+        if record["step"] < self._total and time.monotonic() - self._status_at < STATUS_SECONDS:
+            return
+        self._status_at = time.monotonic()
+        self._print(f"step {record['step']}/{self._total}: loss {record['loss']:.4f}, "
+                    f"{record['tokens_per_s']:,.0f} tokens/s, {record['elapsed']:.0f} s")
 
     def log_eval(self, step: int, *, val_loss: float, val_ppl: float, val_bpc: float, tokens: int) -> None:
         """One eval line, its TensorBoard scalars and a short printed summary (evals are rare and worth seeing)."""

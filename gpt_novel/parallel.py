@@ -6,9 +6,13 @@ backend is requested explicitly: without it accelerate + DeepSpeed silently run 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import socket
+import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -37,6 +41,44 @@ def single_process_env() -> None:
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
 
 
+def name_deepspeed_accelerator() -> None:
+    """DeepSpeed guesses its accelerator when imported and, finding no GPU, warns "Setting accelerator to CPU" in every
+    process (the launcher's included). Naming it with DeepSpeed's own switch, before anything imports it, keeps
+    start-up to the lines rank 0 prints (its first line says cpu or cuda)."""
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+SHM_OP = "deepspeed_shm_comm"
+
+
+def _shm_op_built() -> bool:
+    """Whether DeepSpeed's CPU communication op is compiled for this machine (torch's JIT extension cache; the
+    private helper is the one torch itself uses to place it, so the answer follows TORCH_EXTENSIONS_DIR)."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return (Path(_get_build_directory(SHM_OP, verbose=False)) / f"{SHM_OP}.so").is_file()
+
+
+@contextlib.contextmanager
+def deepspeed_start(is_main: bool):
+    """On a CPU host DeepSpeed compiles its communication op the first time it starts on a machine (1–2 minutes of
+    silence), then prints "… built successfully" on every rank at every start. Say what is happening once, from rank
+    0, before it happens; drop DeepSpeed's line and pass anything else it printed through."""
+    if is_main and not torch.cuda.is_available() and not _shm_op_built():
+        print(f"first start on this machine: DeepSpeed is compiling its CPU communication op ({SHM_OP}); this takes "
+              "1–2 minutes and happens once (cached under ~/.cache/torch_extensions or $TORCH_EXTENSIONS_DIR)",
+              flush=True)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            yield
+    finally:
+        kept = [line for line in captured.getvalue().splitlines(keepends=True) if "built successfully" not in line]
+        sys.stdout.write("".join(kept))
+        sys.stdout.flush()
+
+
 def make_accelerator(cfg: TrainConfig):
     """An Accelerator driving DeepSpeed with the run's DeepSpeed JSON, its "auto" values filled from cfg."""
     from accelerate import Accelerator
@@ -45,8 +87,9 @@ def make_accelerator(cfg: TrainConfig):
     handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
     launched_with_ds = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     plugin = None if launched_with_ds else DeepSpeedPlugin(hf_ds_config=_ds_config(cfg))
-    accelerator = Accelerator(deepspeed_plugin=plugin, mixed_precision="bf16",
-                              gradient_accumulation_steps=cfg.grad_accum, kwargs_handlers=handlers)
+    with deepspeed_start(rank_from_env() == 0):
+        accelerator = Accelerator(deepspeed_plugin=plugin, mixed_precision="bf16",
+                                  gradient_accumulation_steps=cfg.grad_accum, kwargs_handlers=handlers)
     ds = accelerator.state.deepspeed_plugin.deepspeed_config
     _fill(ds, "train_micro_batch_size_per_gpu", cfg.micro_batch_size)
     _fill(ds, "gradient_accumulation_steps", cfg.grad_accum)

@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             faults.record_status(2)
         return 2
     parallel.single_process_env()
+    parallel.name_deepspeed_accelerator()
     release = functools.partial(lock.release, _lock_path(cfg), holder) if holder else lambda: None
     with faults.fail_fast(PROGRAM, rank, world, cleanup=release) as watchdog:
         code = Trainer(cfg, dataset, watchdog).run()
@@ -176,8 +177,9 @@ class Trainer:
         self.log = metrics.Metrics(self.run_dir, enabled=self.is_main, total_steps=cfg.max_steps,
                                    start_step=state["step"], tensorboard=cfg.tensorboard, progress=cfg.progress)
         if self.is_main and state["step"] == 0:
-            self._say(f"{self.n_params / 1e6:.1f}M parameters, ZeRO-{self.zero_stage}, world size {self.world}, global "
-                      f"batch {cfg.global_batch_size} × {self.seq_len} tokens, {stream.steps_per_epoch} steps/epoch")
+            self._say(f"{self.n_params / 1e6:.1f}M parameters on {self.device.type}, ZeRO-{self.zero_stage}, world "
+                      f"size {self.world}, global batch {cfg.global_batch_size} × {self.seq_len} tokens, "
+                      f"{stream.steps_per_epoch} steps/epoch")
         bad_in_a_row, started = 0, time.time() - state["elapsed"]
         step = state["step"]
         if self.is_main and step < cfg.max_steps:

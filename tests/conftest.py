@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from gpt_novel.cli import main
+from gpt_novel.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = ROOT / "sample" / "corpus"
@@ -97,7 +98,7 @@ def run_command(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProce
 
 
 def train_lines(run_dir: Path) -> list[tuple]:
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    lines = read_metrics(run_dir)
     return [(x["step"], x.get("loss"), x.get("lr"), x.get("grad_norm"), x.get("val_loss")) for x in lines]
 
 

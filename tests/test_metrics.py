@@ -249,3 +249,19 @@ def test_cli_plot(tmp_path, capsys):
     assert main(["plot", str(empty)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("gpt-novel plot: error:") and "metrics.jsonl" in err[0]
+
+
+def test_outside_a_terminal_progress_is_plain_lines_and_the_last_one_once(tmp_path, capsys, monkeypatch):
+    """In a log file every tqdm redraw stays (the final bar appeared twice): there, plain status lines instead."""
+    with Metrics(tmp_path, enabled=True, total_steps=3, tensorboard=False, progress=True) as m:
+        for step in (1, 2, 3):
+            _train(m, step, loss=2.0)
+        m.message("saved checkpoint")
+    captured = capsys.readouterr()
+    assert "\r" not in captured.out + captured.err and "step/s" not in captured.err
+    assert [line for line in captured.out.splitlines() if line.startswith("step ")] == \
+        ["step 3/3: loss 2.0000, 8,192 tokens/s, 2 s"]
+    monkeypatch.setattr("gpt_novel.metrics.STATUS_SECONDS", 0.0)
+    with Metrics(tmp_path, enabled=True, total_steps=3, tensorboard=False, progress=True, start_step=3) as m:
+        _train(m, 4, loss=1.0)
+    assert capsys.readouterr().out.startswith("step 4/3: loss 1.0000")
