@@ -76,7 +76,7 @@ def save(engine, run_dir: str | Path, step: int, state: dict, cfg, tokenizer_dir
             shutil.rmtree(final)
         tmp.rename(final)
         marker = {"step": step, "world_size": state["world_size"], "global_batch_size": state["global_batch_size"],
-                  "files": dict(sorted(files.items()))}
+                  "val_loss": state.get("val_loss"), "files": dict(sorted(files.items()))}
         _write_atomic(final / MARKER, json.dumps(marker, indent=1))
         _prune(root, keep_last)
     _barrier()
@@ -147,10 +147,36 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _prune(root: Path, keep_last: int) -> None:
-    """Keep the newest keep_last complete checkpoints; drop temporaries left by saves that were interrupted."""
+    """Keep the newest keep_last complete checkpoints and the best by validation loss; drop temporaries left by
+    saves that were interrupted."""
     complete = [p for p in _candidates(root) if _problem(p) is None]
-    for old in complete[keep_last:] + sorted(root.glob(".tmp-*")):
+    best = _best(complete)
+    for old in [p for p in complete[keep_last:] if p != best] + sorted(root.glob(".tmp-*")):
         shutil.rmtree(old, ignore_errors=True)
+
+
+def val_loss(path: Path) -> float | None:
+    """The validation loss evaluated at a checkpoint's step (in its marker), or None when none was."""
+    value = (_marker(path)[0] or {}).get("val_loss")
+    return value if isinstance(value, int | float) and not isinstance(value, bool) and value == value else None
+
+
+def _best(paths: list[Path]) -> Path | None:
+    """The checkpoint with the lowest validation loss (the newest of equals), or None when none has one."""
+    scored = [p for p in paths if val_loss(p) is not None]
+    return min(scored, key=lambda p: (val_loss(p), paths.index(p))) if scored else None
+
+
+def find_best(run_dir: str | Path, warn=print) -> Path | None:
+    """The complete checkpoint with the lowest validation loss; damaged ones are skipped with a warning."""
+    usable = []
+    for path in _candidates(checkpoints_dir(run_dir)):
+        problem = _problem(path)
+        if problem is None:
+            usable.append(path)
+        elif val_loss(path) is not None:
+            warn(f"warning: skipping checkpoint {path.name}: {problem}")
+    return _best(usable)
 
 
 def _candidates(root: Path) -> list[Path]:

@@ -13,6 +13,7 @@ on the shared embedding/head tensor.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -37,22 +38,16 @@ from gpt_novel.model import build_model
 SAVE_DTYPES = tuple(name for name in DTYPES if name != "fp16")
 
 
-def find_checkpoint(src: str | Path, step: int | None = None) -> Path:
-    """A checkpoint directory from a run directory (newest complete, or --step) or a checkpoint path."""
+def find_checkpoint(src: str | Path, step: int | None = None, best: bool = False) -> Path:
+    """A checkpoint directory from a run directory (newest complete, --step, or --best: the lowest val loss) or a
+    checkpoint path, its files verified."""
     src = Path(src)
     if not src.exists():
         raise UserError(f"{src} does not exist")
     if (src / checkpoint.MARKER).exists() or (src / checkpoint.STATE).exists():
         path = src
     elif (src / "checkpoints").is_dir():
-        if step is not None:
-            path = checkpoint.checkpoints_dir(src) / f"{checkpoint.PREFIX}{step:08d}"
-            if not path.is_dir():
-                raise UserError(f"{src} has no checkpoint of step {step}")
-        else:
-            path = checkpoint.find_latest(src, warn=lambda m: print(m, file=sys.stderr), check=checkpoint.verify)
-            if path is None:
-                raise UserError(f"{src} holds no complete checkpoint")
+        path = _in_run_dir(src, step, best)
     else:
         raise UserError(f"{src} is neither a training run directory nor a checkpoint")
     try:
@@ -62,11 +57,32 @@ def find_checkpoint(src: str | Path, step: int | None = None) -> Path:
     return path
 
 
-def consolidate(src: str | Path, out: str | Path, step: int | None = None, dtype: str = "bf16") -> Path:
+def _in_run_dir(run_dir: Path, step: int | None, best: bool) -> Path:
+    warn = functools.partial(print, file=sys.stderr)
+    if best:
+        path = checkpoint.find_best(run_dir, warn=warn)
+        if path is None:
+            raise UserError(f"{run_dir} holds no complete checkpoint saved at an evaluation step (no val loss to "
+                            "compare: no val split, or --save-every is not a multiple of --eval-every)")
+        warn(f"consolidate: the best checkpoint is {path.name} (val loss {checkpoint.val_loss(path):.4f})")
+        return path
+    if step is not None:
+        path = checkpoint.checkpoints_dir(run_dir) / f"{checkpoint.PREFIX}{step:08d}"
+        if not path.is_dir():
+            raise UserError(f"{run_dir} has no checkpoint of step {step}")
+        return path
+    path = checkpoint.find_latest(run_dir, warn=warn, check=checkpoint.verify)
+    if path is None:
+        raise UserError(f"{run_dir} holds no complete checkpoint")
+    return path
+
+
+def consolidate(src: str | Path, out: str | Path, step: int | None = None, dtype: str = "bf16",
+                best: bool = False) -> Path:
     """Write the HF folder; returns its path."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    ckpt = find_checkpoint(src, step)
+    ckpt = find_checkpoint(src, step, best)
     out = Path(out)
     _check_out(out)
     cfg = load_config(TrainConfig, str(ckpt / "config.yaml"), {})
@@ -192,11 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="consolidate", description=__doc__.splitlines()[0])
     parser.add_argument("src", metavar="RUN_DIR_OR_CHECKPOINT")
     parser.add_argument("out", metavar="OUT_DIR")
-    parser.add_argument("--step", type=int, help="the checkpoint of this step (default: the newest complete one)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--step", type=int, help="the checkpoint of this step (default: the newest complete one)")
+    which.add_argument("--best", action="store_true", help="the checkpoint with the lowest validation loss (kept "
+                       "by training whatever --keep-last)")
     parser.add_argument("--dtype", choices=SAVE_DTYPES, default="bf16")
     args = parser.parse_args(argv)
     try:
-        out = consolidate(args.src, args.out, args.step, args.dtype)
+        out = consolidate(args.src, args.out, args.step, args.dtype, args.best)
     except UserError as e:
         print(f"consolidate: error: {e}", file=sys.stderr)
         return 2

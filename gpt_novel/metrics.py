@@ -319,6 +319,10 @@ class Metrics:
         more = "…" if len(text) > 60 else ""
         self._print(f"step {step} {tag}: {preview}{more}")
 
+    def overfitting(self, evals: int) -> str | None:
+        """`overfitting` of this run's records so far (rank 0; None when not enabled)."""
+        return overfitting(read_metrics(self.run_dir), evals) if self.enabled and evals > 0 else None
+
     def message(self, text: str) -> None:
         """A log line from rank 0 that does not break the progress bar."""
         if self.enabled:
@@ -342,6 +346,29 @@ def read_metrics(run_dir: Path) -> list[dict]:
     """Every record of RUN_DIR/metrics.jsonl in file order; torn or non-object lines are skipped."""
     text = (Path(run_dir) / METRICS_FILE).read_text(encoding="utf-8", errors="replace")
     return [r for r in map(_record, text.splitlines()) if r is not None]
+
+
+def overfitting(records: list[dict], evals: int) -> str | None:
+    """Why the model looks overfitted, or None: the val loss rose at each of the last `evals` evaluations while the
+    mean train loss between evaluations fell. Said once per rise: not again while the same rise goes on."""
+    points, losses = [], []  # (val loss, mean train loss since the previous evaluation)
+    for record in records:
+        if _finite(record.get("loss")):
+            losses.append(record["loss"])
+        elif _finite(record.get("val_loss")):
+            points.append((record["val_loss"], sum(losses) / len(losses) if losses else math.nan))
+            losses = []
+    if evals < 1 or len(points) < evals + 1:
+        return None
+    window = points[-evals - 1:]
+    vals, trains = [v for v, _ in window], [t for _, t in window]
+    rising = all(b > a for a, b in zip(vals, vals[1:], strict=False))
+    started_now = len(points) == evals + 1 or points[-evals - 2][0] >= vals[0]
+    if not (rising and started_now and trains[-1] < trains[0]):
+        return None
+    return (f"the val loss rose at {evals} evaluations in a row ({' → '.join(f'{v:.3f}' for v in vals)}) while the "
+            f"train loss fell ({trains[0]:.3f} → {trains[-1]:.3f}): the model is overfitting (more data, fewer steps "
+            "or more dropout)")
 
 
 def last_eval(run_dir: Path, step: int) -> dict | None:

@@ -174,60 +174,64 @@ class Trainer:
         batches = iter(make_loader(stream, cfg.num_workers))
         if resumed_from is not None:  # after the DataLoader iterator exists: creating it must not shift the RNG
             checkpoint.restore_rng(resumed_from, self.rank)
-        self.log = metrics.Metrics(self.run_dir, enabled=self.is_main, total_steps=cfg.max_steps,
-                                   start_step=state["step"], tensorboard=cfg.tensorboard, progress=cfg.progress)
         if self.is_main and state["step"] == 0:
             self._say(f"{self.n_params / 1e6:.1f}M parameters on {self.device.type}, ZeRO-{self.zero_stage}, world "
                       f"size {self.world}, global batch {cfg.global_batch_size} × {self.seq_len} tokens, "
                       f"{stream.steps_per_epoch} steps/epoch")
+        with metrics.Metrics(self.run_dir, enabled=self.is_main, total_steps=cfg.max_steps, start_step=state["step"],
+                             tensorboard=cfg.tensorboard, progress=cfg.progress) as log:
+            code = self._train(log, state, batches)
+        if code == 0 and self.is_main:
+            (self.run_dir / DONE_FILE).write_text(f"{state['step']}\n", encoding="utf-8")
+            metrics.plot_run(self.run_dir)
+            self._say(f"done: {state['step']} steps; run directory {self.run_dir} (tensorboard --logdir "
+                      f"{self.run_dir / 'tensorboard'})")
+        return code
+
+    def _train(self, log: metrics.Metrics, state: dict, batches) -> int:
+        """Optimizer steps until max_steps (0), a stop request (EXIT_PREEMPTED) or too many bad steps in a row."""
+        cfg = self.cfg
         bad_in_a_row, started = 0, time.time() - state["elapsed"]
-        step = state["step"]
-        if self.is_main and step < cfg.max_steps:
+        if self.is_main and state["step"] < cfg.max_steps:
             (self.run_dir / DONE_FILE).unlink(missing_ok=True)  # a run resumed with a larger max_steps
-        while step < cfg.max_steps:
+        while state["step"] < cfg.max_steps:
             t0 = time.time()
-            loss, waited = self._optimizer_step(batches)
-            step += 1
+            loss, lr, waited = self._optimizer_step(batches)
+            step = state["step"] + 1
             state["micro_batches"] += cfg.grad_accum
             state["tokens"] += cfg.global_batch_size * self.seq_len
             bad_in_a_row = 0 if self.engine.was_step_applied() else bad_in_a_row + 1
             state["skipped_steps"] += bad_in_a_row > 0
-            self._log_step(step, loss, state, time.time() - t0, waited, time.time() - started)
+            self._log_step(log, step, loss, lr, state, time.time() - t0, waited, time.time() - started)
             state["step"] = step
             if bad_in_a_row:
-                self._say(f"step {step}: non-finite loss or gradient norm, update skipped ({bad_in_a_row} in a row)")
+                self._say(f"step {step}: non-finite loss or gradient norm, update skipped ({bad_in_a_row} in a row)",
+                          log)
             if bad_in_a_row >= cfg.max_bad_steps:
                 self._say(f"stopping: {bad_in_a_row} bad steps in a row (max_bad_steps); the last good checkpoint "
-                          "is kept")
-                self.log.close()
+                          "is kept", log)
                 return EXIT_BAD_STEPS
-            if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                self._evaluate(step, state["tokens"])
+            val_loss = self._evaluate(log, step, state["tokens"]) if step % cfg.eval_every == 0 or \
+                step == cfg.max_steps else None
             if step % cfg.sample_every == 0 or step == cfg.max_steps:
-                self._sample(step)
+                self._sample(log, step)
             stop_file = self.run_dir / STOP_FILE
             preempted = parallel.any_rank(self.stop.signal is not None or stop_file.exists(), self.device)
             periodic = step % cfg.save_every == 0 and bad_in_a_row == 0  # never a checkpoint after a bad step
             if periodic or step == cfg.max_steps or preempted:
-                self._save(step, state, started)
+                self._save(log, step, state, started, val_loss)
             if preempted:
                 if self.is_main:
                     stop_file.unlink(missing_ok=True)
                 self._say(f"stop requested (signal or {STOP_FILE} file) after step {step}; checkpoint saved; rerun "
-                          "the same command to resume")
-                self.log.close()
+                          "the same command to resume", log)
                 return EXIT_PREEMPTED
-        self.log.close()
-        if self.is_main:
-            (self.run_dir / DONE_FILE).write_text(f"{step}\n", encoding="utf-8")
-            metrics.plot_run(self.run_dir)
-            self._say(f"done: {step} steps; run directory {self.run_dir} (tensorboard --logdir "
-                      f"{self.run_dir / 'tensorboard'})")
         return 0
 
-    def _optimizer_step(self, batches) -> tuple[float, float]:
+    def _optimizer_step(self, batches) -> tuple[float, float, float]:
         """grad_accum micro-batches forward/backward, one optimizer update (DeepSpeed clips and steps at the
-        accumulation boundary); returns the mean loss over all ranks and the seconds spent waiting for data."""
+        accumulation boundary); returns the mean loss over all ranks, the learning rate the update used and the
+        seconds spent waiting for data."""
         self.engine.train()
         total, waited = 0.0, 0.0
         lr = self.scheduler.get_last_lr()[0]
@@ -240,32 +244,41 @@ class Trainer:
             self.engine.backward(loss)
             self.engine.step()
             total += loss.item()
-        self._lr = lr
         self.scheduler.step()
         loss_sum, = parallel.all_reduce_sum([total], self.device)
-        return loss_sum / (self.cfg.grad_accum * self.world), waited
+        return loss_sum / (self.cfg.grad_accum * self.world), lr, waited
 
-    def _log_step(self, step: int, loss: float, state: dict, seconds: float, waited: float, elapsed: float) -> None:
+    def _log_step(self, log: metrics.Metrics, step: int, loss: float, lr: float, state: dict, seconds: float,
+                  waited: float, elapsed: float) -> None:
         tokens_per_s = self.cfg.global_batch_size * self.seq_len / max(seconds, 1e-9)
         norm = self.engine.get_global_grad_norm()
         norm = float(norm) if norm is not None else None
-        self.log.log_train(step, loss=loss, lr=self._lr, grad_norm=norm, tokens=state["tokens"], elapsed=elapsed,
-                           tokens_per_s=tokens_per_s,
-                           mfu=metrics.mfu(tokens_per_s / self.world, self.flops_per_token, self.peak),
-                           memory_gb=metrics.memory_gb(), skipped_steps=state["skipped_steps"], data_wait_s=waited)
+        log.log_train(step, loss=loss, lr=lr, grad_norm=norm, tokens=state["tokens"], elapsed=elapsed,
+                      tokens_per_s=tokens_per_s, mfu=metrics.mfu(tokens_per_s / self.world, self.flops_per_token,
+                                                                 self.peak),
+                      memory_gb=metrics.memory_gb(), skipped_steps=state["skipped_steps"], data_wait_s=waited)
 
-    def _evaluate(self, step: int, tokens: int) -> None:
-        """Validation loss, perplexity and bits per character (tokenizer-independent) on the val shards."""
+    def _evaluate(self, log: metrics.Metrics, step: int, tokens: int) -> float | None:
+        """Validation loss, perplexity and bits per character (tokenizer-independent) on the val shards; returns
+        the loss (None without a val split) and warns, once per rise, when the model is overfitting."""
         if self._val is None:
-            return
+            return None
         batches = val_batches(self._val, self.rank, self.world, self.cfg.micro_batch_size, self.cfg.eval_batches)
         self.engine.eval()
         with torch.no_grad():
             sums = heldout_sums(self.engine, batches, self.vocab.char_lengths(), self.device)
         self.engine.train()
-        self.log.log_eval(step, **heldout_metrics(*parallel.all_reduce_sum(sums, self.device)), tokens=tokens)
+        result = heldout_metrics(*parallel.all_reduce_sum(sums, self.device))
+        log.log_eval(step, **result, tokens=tokens)
+        overfitting = log.overfitting(self.cfg.overfit_evals) if self.is_main else None
+        if overfitting:
+            best = checkpoint.find_best(self.run_dir, warn=lambda text: None)
+            where = (f"; the best checkpoint so far is {best.name} (val loss {checkpoint.val_loss(best):.4f}), kept "
+                     f"whatever --keep-last: tools/consolidate.py {self.run_dir} OUT_DIR --best") if best else ""
+            self._say(f"warning: {overfitting}{where}", log)
+        return result["val_loss"]
 
-    def _sample(self, step: int) -> None:
+    def _sample(self, log: metrics.Metrics, step: int) -> None:
         """Greedy continuation of a fixed prompt (the start of the first val sample): greedy decoding draws no
         random numbers, so sampling never changes the run. All ranks take part (ZeRO-3 gathers weights)."""
         room = self.cfg.n_positions
@@ -280,23 +293,24 @@ class Trainer:
                                               synced_gpus=self.zero_stage == 3 and self.world > 1)
         self.engine.train()
         text = self.vocab.decode(prompt[0].tolist()) + " ▶ " + self.vocab.decode(out[0, prompt.size(1):].tolist())
-        self.log.log_text(step, "sample", text)
+        log.log_text(step, "sample", text)
 
-    def _save(self, step: int, state: dict, started: float) -> None:
+    def _save(self, log: metrics.Metrics, step: int, state: dict, started: float, val_loss: float | None) -> None:
+        """A checkpoint of this step; `val_loss`, evaluated at this step or None, lets pruning keep the best one."""
         state = {**state, "step": step, "elapsed": time.time() - started, "scheduler": self.scheduler.state_dict(),
+                 "val_loss": val_loss,
                  "world_size": self.world, "global_batch_size": self.cfg.global_batch_size,
                  "data_fingerprint": self.dataset.fingerprint, "n_params": self.n_params}
         path = checkpoint.save(self.engine, self.run_dir, step, state, self.cfg, self.dataset.tokenizer_dir,
                                self.cfg.keep_last)
-        self._say(f"saved {path}")
+        self._say(f"saved {path}", log)
 
-    def _say(self, text: str) -> None:
-        if self.is_main or self.cfg.log_all_ranks:
-            log = getattr(self, "log", None)
-            if log is not None and self.is_main:
-                log.message(text)
-            else:
-                print(text if self.is_main else f"[rank {self.rank}] {text}", flush=True)
+    def _say(self, text: str, log: metrics.Metrics | None = None) -> None:
+        """A message from rank 0 (every rank with --log-all-ranks); through the progress display when there is one."""
+        if log is not None and self.is_main:
+            log.message(text)
+        elif self.is_main or self.cfg.log_all_ranks:
+            print(text if self.is_main else f"[rank {self.rank}] {text}", flush=True)
 
 
 def _cosine_schedule(optimizer, cfg: TrainConfig):

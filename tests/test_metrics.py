@@ -265,3 +265,30 @@ def test_outside_a_terminal_progress_is_plain_lines_and_the_last_one_once(tmp_pa
     with Metrics(tmp_path, enabled=True, total_steps=3, tensorboard=False, progress=True, start_step=3) as m:
         _train(m, 4, loss=1.0)
     assert capsys.readouterr().out.startswith("step 4/3: loss 1.0000")
+
+
+# --- overfitting ----------------------------------------------------------------------------------------------------
+
+
+def _history(points: list[tuple[float, float]]) -> list[dict]:
+    """metrics.jsonl records: per evaluation, two train lines with the given train loss, then the eval line."""
+    records, step = [], 0
+    for val, train in points:
+        for _ in range(2):
+            step += 1
+            records.append({"step": step, "loss": train})
+        records.append({"step": step, "val_loss": val})
+    return records
+
+
+def test_overfitting_is_said_when_the_val_loss_rose_n_times_while_the_train_loss_fell():
+    from gpt_novel.metrics import overfitting
+
+    falling = [(5.0, 6.0), (4.0, 5.0), (4.5, 4.0), (4.8, 3.0)]
+    said = overfitting(_history(falling), 2)
+    assert said and "rose at 2 evaluations in a row (4.000 → 4.500 → 4.800)" in said and "(5.000 → 3.000)" in said
+    assert overfitting(_history(falling[:3]), 2) is None  # one rise only
+    assert overfitting(_history(falling + [(4.9, 2.0)]), 2) is None  # the same rise goes on: said once
+    assert overfitting(_history(falling + [(4.1, 2.0), (4.2, 1.5), (4.3, 1.0)]), 2)  # a new rise after a dip
+    assert overfitting(_history([(4.0, 5.0), (4.5, 5.5), (4.8, 6.0)]), 2) is None  # train loss rose too: diverging
+    assert overfitting(_history(falling), 0) is None  # --overfit-evals 0: never

@@ -208,3 +208,31 @@ def test_start_up_says_each_thing_once_from_rank_0(data, tmp_path):
     assert "\r" not in result.stdout + result.stderr and "[rank 1]" not in result.stdout
     assert any((tmp_path / "extensions").rglob("deepspeed_shm_comm.so"))  # it was really built, here
     assert_no_leftovers(str(run_dir))
+
+
+def test_overfitting_is_flagged_and_the_best_checkpoint_kept_and_consolidated(sample_data, tmp_path):
+    """A tiny model trained far too long on the sample: the val loss turns up while the train loss keeps falling.
+    One warning names the best checkpoint; --keep-last 1 still keeps it; consolidate --best picks it."""
+    from gpt_novel.metrics import read_metrics
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "gpt_novel", "train", "--config", "tiny", "--data", str(sample_data), "--run-dir",
+           str(run_dir), "--max-steps", "120", "--warmup-steps", "5", "--eval-every", "10", "--save-every", "10",
+           "--keep-last", "1", "--overfit-evals", "2", "--dropout", "0", "--sample-every", "1000", "--progress",
+           "false"]
+    result = run_command(cmd)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    evals = [r for r in read_metrics(run_dir) if "val_loss" in r]
+    best = min(evals, key=lambda r: r["val_loss"])["step"]
+    assert best < 120, "the val loss never turned up: the test no longer overfits"
+    warnings = [line for line in result.stdout.splitlines() if "the model is overfitting" in line]
+    assert len(warnings) == 1 and f"the best checkpoint so far is step-{best:08d}" in warnings[0]
+    kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert kept == [f"step-{best:08d}", "step-00000120"]
+    out = tmp_path / "hf"
+    done = run_command([sys.executable, "tools/consolidate.py", str(run_dir), str(out), "--best"])
+    assert done.returncode == 0, done.stderr
+    assert f"the best checkpoint is step-{best:08d}" in done.stderr
+    assert f"step {best}" in (out / "README.md").read_text(encoding="utf-8")
+    both = run_command([sys.executable, "tools/consolidate.py", str(run_dir), str(out), "--best", "--step", "120"])
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
