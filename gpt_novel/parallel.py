@@ -102,8 +102,39 @@ def make_accelerator(cfg: TrainConfig):
 
 
 def _ds_config(cfg: TrainConfig) -> dict:
-    with open(cfg.deepspeed, encoding="utf-8") as f:
-        return json.load(f)
+    return read_ds_config(cfg.deepspeed)
+
+
+def read_ds_config(path: str) -> dict:
+    """A DeepSpeed JSON config; one line when it is not one."""
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"DeepSpeed config {path} is unreadable: {str(e).splitlines()[0]}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"DeepSpeed config {path} must hold a JSON object")
+    return config
+
+
+def resolve_deepspeed(cfg: TrainConfig) -> str | None:
+    """Make `cfg.deepspeed` the DeepSpeed config this run will really use, so that the checkpoints' config.yaml
+    records it: under `accelerate launch` with DeepSpeed, the JSON its YAML names (accelerate hands that one to
+    DeepSpeed whatever --deepspeed says). Returns a warning when --deepspeed (the flag or the preset) named another
+    config; call it before any process group starts, on every rank (rank 0 prints the warning)."""
+    asked = read_ds_config(cfg.deepspeed)
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return None
+    used = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if not used:
+        raise UserError("the accelerate config sets DeepSpeed options inline: name a JSON in it with "
+                        "deepspeed_config_file (as launch/zero*.yaml do), so that the run records what it uses")
+    given, cfg.deepspeed = cfg.deepspeed, str(Path(used).resolve())
+    actual = read_ds_config(cfg.deepspeed)
+    if actual == asked:
+        return None
+    return (f"warning: accelerate's config names the DeepSpeed config {used} (ZeRO-{stage_of(actual)}), which this run "
+            f"uses and records; --deepspeed {given} (ZeRO-{stage_of(asked)}, from the flag or the preset) is not used. "
+            f"Pass --deepspeed {used}, or launch with the accelerate config of the stage you want")
 
 
 def _fill(ds: dict, key: str, value) -> None:
@@ -116,7 +147,12 @@ def _fill(ds: dict, key: str, value) -> None:
 
 
 def zero_stage(accelerator) -> int:
-    return int(accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0))
+    return stage_of(accelerator.state.deepspeed_plugin.deepspeed_config)
+
+
+def stage_of(ds_config: dict) -> int:
+    """The ZeRO stage a DeepSpeed config asks for (0 without zero_optimization)."""
+    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:

@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = train_config(argv)
         dataset = check_files(cfg)
+        deepspeed_warning = parallel.resolve_deepspeed(cfg)
         cfg.validate(world, dataset)
         holder = _claim_run_dir(cfg) if rank == 0 else None
     except UserError as e:  # before any process group: every rank stops, rank 0 says why
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROGRAM}: error: {e}", file=sys.stderr)
             faults.record_status(2)
         return 2
+    if rank == 0 and deepspeed_warning:
+        print(deepspeed_warning, file=sys.stderr, flush=True)
     parallel.single_process_env()
     parallel.name_deepspeed_accelerator()
     release = functools.partial(lock.release, _lock_path(cfg), holder) if holder else lambda: None

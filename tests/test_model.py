@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ROOT
 
 from gpt_novel.config import TrainConfig, check_files, train_config
 from gpt_novel.data.vocab import Vocab
@@ -82,3 +83,32 @@ def test_missing_data_directory(tmp_path):
     cfg = train_config(["--config", "tiny", "--data", str(tmp_path), "--run-dir", "r"])
     with pytest.raises(UserError, match="not a prepared data directory"):
         check_files(cfg)
+
+
+def test_accelerate_s_deepspeed_config_is_the_one_used_and_recorded(sample_data, monkeypatch, tmp_path):
+    """Under `accelerate launch` DeepSpeed gets the JSON named in accelerate's YAML: the run records that one and
+    says once that --deepspeed (here the preset's zero2) is not used; the same content under another name is no
+    disagreement."""
+    from gpt_novel.parallel import resolve_deepspeed
+
+    cfg = train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "r"])
+    check_files(cfg)
+    assert resolve_deepspeed(cfg) is None  # no accelerate: --deepspeed is used
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(ROOT / "ds_configs" / "zero3.json"))
+    warning = resolve_deepspeed(cfg)
+    assert cfg.deepspeed == str(ROOT / "ds_configs" / "zero3.json")
+    assert warning.startswith(f"warning: accelerate's config names the DeepSpeed config {cfg.deepspeed} (ZeRO-3), "
+                              "which this run uses and records; --deepspeed ")
+    assert "zero2.json (ZeRO-2, from the flag or the preset) is not used" in warning
+    copy = tmp_path / "mine.json"
+    copy.write_bytes((ROOT / "ds_configs" / "zero3.json").read_bytes())
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(copy))
+    assert resolve_deepspeed(cfg) is None and cfg.deepspeed == str(copy)
+    copy.write_text("{not json", encoding="utf-8")
+    with pytest.raises(UserError, match=f"DeepSpeed config {copy} is unreadable"):
+        resolve_deepspeed(cfg)
+    cfg.deepspeed = str(ROOT / "ds_configs" / "zero2.json")
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    with pytest.raises(UserError, match="sets DeepSpeed options inline"):
+        resolve_deepspeed(cfg)

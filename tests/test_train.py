@@ -236,3 +236,22 @@ def test_overfitting_is_flagged_and_the_best_checkpoint_kept_and_consolidated(sa
     assert f"step {best}" in (out / "README.md").read_text(encoding="utf-8")
     both = run_command([sys.executable, "tools/consolidate.py", str(run_dir), str(out), "--best", "--step", "120"])
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+def test_disagreeing_deepspeed_configs_are_said_once_and_the_used_one_recorded(data, tmp_path):
+    """accelerate's YAML names zero2.json, --deepspeed zero3.json: the run is ZeRO-2, says so once (rank 0) and its
+    checkpoint's config.yaml records zero2.json, not the stage that never ran."""
+    import yaml
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "launch" / "zero2.yaml"),
+           "--num_processes", "2", "-m", "gpt_novel.train", *COMMON, "--max-steps", "6", "--data", str(data),
+           "--run-dir", str(run_dir), "--deepspeed", "ds_configs/zero3.json"]
+    result = run_command(cmd)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if "accelerate's config names the DeepSpeed" in line]
+    assert len(warnings) == 1 and "--deepspeed ds_configs/zero3.json (ZeRO-3, from the flag or the preset)" in \
+        warnings[0]
+    assert "ZeRO-2, world size 2" in result.stdout
+    saved = yaml.safe_load((run_dir / "checkpoints" / "step-00000006" / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["deepspeed"] == str(ROOT / "ds_configs" / "zero2.json")
