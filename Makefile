@@ -36,10 +36,12 @@ DEMO_STEPS ?= 400
 # tiny preset with DeepSpeed ZeRO-2 + bf16 on $(NPROC) processes (running it again resumes the run), consolidate the
 # newest checkpoint into a Hugging Face folder and continue a prompt with it.
 demo: install
-	@if $(BIN)/python tools/fetch_corpus.py demo/corpus --timeout 15 --retries 0; then \
+	@mkdir -p demo; echo "demo: downloading six public-domain classics into demo/corpus (log: demo/fetch.log)"; \
+	if $(BIN)/python tools/fetch_corpus.py demo/corpus --timeout 15 --retries 0 > demo/fetch.log 2>&1; then \
 		corpus=demo/corpus; \
 	else \
-		echo "demo: no network (or a download failed): using the shipped sample corpus"; corpus=sample/corpus; \
+		echo "demo: no network (or a download failed, see demo/fetch.log): using the shipped sample corpus"; \
+		corpus=sample/corpus; \
 	fi; \
 	$(BIN)/gpt-novel prepare $$corpus --out demo/data --seq-len 256 --shard-size 1MB --force
 	$(BIN)/gpt-novel launch $(BIN)/accelerate launch --config_file launch/zero2.yaml --num_processes $(NPROC) \

@@ -382,6 +382,7 @@ def _presets_help() -> str:
 
 def _with_preset_paths(argv: list[str]) -> list[str]:
     """`--config tiny` → the preset's YAML; a name that is neither a file nor a preset is refused with the list."""
+    argv = [part for arg in argv for part in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
     out = []
     for arg, before in zip(argv, [None, *argv[:-1]], strict=True):
         if before == "--config" and not Path(arg).exists():

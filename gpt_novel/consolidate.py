@@ -13,7 +13,9 @@ on the shared embedding/head tensor.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import io
 import json
 import os
 import shutil
@@ -31,6 +33,7 @@ from gpt_novel.errors import UserError
 from gpt_novel.generate import DTYPES, SamplingOptions, generation_kwargs
 from gpt_novel.metrics import last_eval
 from gpt_novel.model import build_model
+from gpt_novel.parallel import name_deepspeed_accelerator
 
 # The dtypes a folder is saved in: fp16 is left out because training ran in bf16, whose range fp16 lacks
 # (activations that fit bf16 can overflow fp16), so a folder saved in fp16 could generate NaNs; tools/sample.py can
@@ -80,8 +83,6 @@ def _in_run_dir(run_dir: Path, step: int | None, best: bool) -> Path:
 def consolidate(src: str | Path, out: str | Path, step: int | None = None, dtype: str = "bf16",
                 best: bool = False) -> Path:
     """Write the HF folder; returns its path."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
     ckpt = find_checkpoint(src, step, best)
     out = Path(out)
     _check_out(out)
@@ -91,7 +92,7 @@ def consolidate(src: str | Path, out: str | Path, step: int | None = None, dtype
         state = checkpoint.load_state(ckpt)
     except ValueError as e:
         raise UserError(str(e)) from None
-    lazy = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=checkpoint.DS_TAG, lazy_mode=True)
+    lazy = _fp32_weights(ckpt)
     with torch.device("meta"):
         model = build_model(cfg, vocab)
     expected = dict(model.state_dict())
@@ -116,6 +117,22 @@ def consolidate(src: str | Path, out: str | Path, step: int | None = None, dtype
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _fp32_weights(ckpt: Path) -> dict:
+    """DeepSpeed's fp32 master weights of any ZeRO stage, read lazily. Its reader narrates on stdout and draws a bar
+    for a few files ("Detected checkpoint of type zero stage ZeroStageEnum.gradients, world_size: 2"…), none of which
+    a user needs: kept out of our output, and shown only if it fails. Its logger's warnings still pass."""
+    name_deepspeed_accelerator()
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+            return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=checkpoint.DS_TAG, lazy_mode=True)
+    except BaseException:
+        sys.stderr.write(said.getvalue())
+        raise
 
 
 def _check_out(out: Path) -> None:

@@ -180,7 +180,7 @@ class Trainer:
         if self.is_main and state["step"] == 0:
             self._say(f"{self.n_params / 1e6:.1f}M parameters on {self.device.type}, ZeRO-{self.zero_stage}, world "
                       f"size {self.world}, global batch {cfg.global_batch_size} × {self.seq_len} tokens, "
-                      f"{stream.steps_per_epoch} steps/epoch")
+                      f"{stream.steps_per_epoch} step{'s' if stream.steps_per_epoch != 1 else ''} per epoch")
         with metrics.Metrics(self.run_dir, enabled=self.is_main, total_steps=cfg.max_steps, start_step=state["step"],
                              tensorboard=cfg.tensorboard, progress=cfg.progress) as log:
             code = self._train(log, state, batches)

@@ -58,7 +58,7 @@ def test_bad_train_options_are_one_line(capsys, argv, message):
 def test_flags_win_over_the_preset_wherever_they_stand(tmp_path):
     config = tmp_path / "mine.yaml"
     config.write_text("n-layer: 5\nlr: 1e-4\ncompile: true\n", encoding="utf-8")
-    cfg = train_config(["--n-layer", "3", "--config", "tiny", "--config", str(config), "--progress"])
+    cfg = train_config(["--n-layer", "3", "--config=tiny", "--config", str(config), "--progress"])
     assert (cfg.n_layer, cfg.lr, cfg.compile, cfg.progress, cfg.warmup_steps) == (3, 1e-4, True, True, 20)
     assert isinstance(cfg.lr, float)  # YAML reads 1e-4 as a string: the field's type decides
 

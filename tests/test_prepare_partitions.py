@@ -77,8 +77,8 @@ def test_a_prepare_killed_in_a_partition_step_is_finished_by_the_next_run(tmp_pa
     assert not (work / "segment" / "p00003" / "DONE.json").exists()  # killed in the middle of the step
     rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert "read: partition(s) 0-3 done earlier, kept" in rerun.stdout
-    assert "segment: partition(s) 0-1 done earlier, kept" in rerun.stdout
+    assert "read: input partition(s) 0-3 done earlier, kept" in rerun.stdout
+    assert "segment: input partition(s) 0-1 done earlier, kept" in rerun.stdout
     for path, stamp in finished.items():  # not redone: the very same files
         assert (path.stat().st_ino, path.stat().st_mtime_ns) == stamp, path
     assert run_prepare([corpus], tmp_path / "ref", cache_dir, "--workers", "1", *SPLIT_OPTIONS) == 0
@@ -93,5 +93,6 @@ def test_a_damaged_step_output_is_redone(tmp_path, sample_text, cache_dir, capsy
     words = tmp_path / ".d.work" / "segment" / "p00002" / "words.jsonl"
     words.write_text(words.read_text().replace("镇", "真"))  # same size, other bytes: the digest tells
     assert run_prepare(*args, "--force") == 0
-    assert "segment: partition(s) 0-1,3 done earlier, kept\nsegment: partition(s) 2 to do" in capsys.readouterr().out
+    assert "segment: input partition(s) 0-1,3 done earlier, kept\nsegment: working on input partition(s) 2" in \
+        capsys.readouterr().out
     assert dataset_bytes(tmp_path / "d") == reference

@@ -186,13 +186,13 @@ def test_a_cancelled_array_task_is_all_a_resubmission_redoes(tmp_path, sample_te
     assert segment, (first / "driver.out").read_text()
     subprocess.run(["scancel", f"{segment}_2"], check=True, timeout=30)
     assert job.wait(timeout=600) != 0  # the steps after it never ran
-    assert not out.exists() and "partition(s) 2" not in _logs(first, "segment")
+    assert not out.exists() and "input partition(s) 2" not in _logs(first, "segment")
     job = _sbatch_prepare(_prepare_env(corpus, out, second, 3, 1, cache_dir), second)
     assert job.wait(timeout=600) == 0, (second / "driver.out").read_text()[-3000:]
     read, segmented = _logs(second, "read"), _logs(second, "segment")
-    assert "to do" not in read and read.count("done earlier, kept") == 3
-    assert "segment: partition(s) 0,3 done earlier, kept" in segmented
-    assert "segment: partition(s) 1 done earlier, kept" in segmented
-    assert "segment: partition(s) 2 to do" in segmented and segmented.count("to do") == 1
+    assert "working on" not in read and read.count("done earlier, kept") == 3
+    assert "segment: input partition(s) 0,3 done earlier, kept" in segmented
+    assert "segment: input partition(s) 1 done earlier, kept" in segmented
+    assert "segment: working on input partition(s) 2" in segmented and segmented.count("working on") == 1
     assert run_prepare([corpus], tmp_path / "local", cache_dir, "--workers", "1", *SPLIT_OPTIONS) == 0
     assert dataset_bytes(out) == dataset_bytes(tmp_path / "local")

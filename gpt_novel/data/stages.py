@@ -143,9 +143,9 @@ def _todo(work: WorkDir, step: str, parts: list[int], key) -> list[int]:
     todo = [p for p in parts if not work.done(step, p, key(p))]
     skipped = [p for p in parts if p not in todo]
     if skipped:
-        print(f"{step}: partition(s) {ranges(skipped)} done earlier, kept")
+        print(f"{step}: input partition(s) {ranges(skipped)} done earlier, kept")
     if todo:
-        print(f"{step}: partition(s) {ranges(todo)} to do")
+        print(f"{step}: working on input partition(s) {ranges(todo)}")
     for p in todo:
         work.remove_unfinished(step, p)
     return todo
