@@ -85,8 +85,7 @@ def make_accelerator(cfg: TrainConfig):
     from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
 
     handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
-    launched_with_ds = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    plugin = None if launched_with_ds else DeepSpeedPlugin(hf_ds_config=_ds_config(cfg))
+    plugin = None if _accelerate_runs_deepspeed() else DeepSpeedPlugin(hf_ds_config=read_ds_config(cfg.deepspeed))
     with deepspeed_start(rank_from_env() == 0):
         accelerator = Accelerator(deepspeed_plugin=plugin, mixed_precision="bf16",
                                   gradient_accumulation_steps=cfg.grad_accum, kwargs_handlers=handlers)
@@ -101,8 +100,9 @@ def make_accelerator(cfg: TrainConfig):
     return accelerator
 
 
-def _ds_config(cfg: TrainConfig) -> dict:
-    return read_ds_config(cfg.deepspeed)
+def _accelerate_runs_deepspeed() -> bool:
+    """Whether `accelerate launch` started this process with DeepSpeed (then it hands DeepSpeed its own config)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
 def read_ds_config(path: str) -> dict:
@@ -122,7 +122,7 @@ def resolve_deepspeed(cfg: TrainConfig) -> str | None:
     DeepSpeed whatever --deepspeed says). Returns a warning when --deepspeed (the flag or the preset) named another
     config; call it before any process group starts, on every rank (rank 0 prints the warning)."""
     asked = read_ds_config(cfg.deepspeed)
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+    if not _accelerate_runs_deepspeed():
         return None
     used = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
     if not used:
