@@ -1,7 +1,8 @@
 """Checkpoints: save, find the newest complete one, load; atomic, with a completion marker and keep-last-N.
 
 Layout: RUN_DIR/checkpoints/step-00000100/ holds DeepSpeed's sharded checkpoint (any ZeRO stage) under the tag
-`ds/`, `trainer_state.json` (step, tokens, data position, scheduler, resolved config), one `rng-rank00000.json` per
+`ds/`, `trainer_state.json` (step, tokens, data position, scheduler, resolved config), `model_config.json` (the
+model's `GPT2Config`), one `rng-rank00000.json` per
 rank (python, numpy, torch and CUDA RNG: per-rank state never goes through DeepSpeed's client_state, which ZeRO-1/2
 only keep for rank 0), a copy of the tokenizer, `config.yaml`, and last `COMPLETE.json`, which lists every file with
 its size and sha256 (the ranks hash their share of the files in parallel). Everything is written under a `.tmp-`
@@ -34,6 +35,7 @@ from gpt_novel.errors import UserError, free_bytes
 
 MARKER = "COMPLETE.json"
 STATE = "trainer_state.json"
+MODEL_CONFIG = "model_config.json"  # the GPT2Config trained (from the run's options, or the --init-from folder's)
 DS_TAG = "ds"
 PREFIX = "step-"
 
@@ -65,6 +67,7 @@ def save(engine, run_dir: str | Path, step: int, state: dict, cfg, tokenizer_dir
         _barrier()
         if rank == 0:
             _write_atomic(tmp / STATE, json.dumps(state, indent=1))
+            _write_atomic(tmp / MODEL_CONFIG, engine.module.config.to_json_string())
             _write_config(tmp / "config.yaml", cfg)
             shutil.copytree(tokenizer_dir, tmp / "tokenizer")
         _barrier()  # every file is written before the ranks list and hash them

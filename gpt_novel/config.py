@@ -18,6 +18,7 @@ from docstring_parser import parse_from_object
 from jsonargparse import ArgumentError, ArgumentParser, DefaultHelpFormatter
 
 from gpt_novel.data.dataset import Dataset
+from gpt_novel.data.vocab import DEFAULT_SPECIALS, PRETRAINED, ROLES, Vocab, given_kind, tokenizer_digest
 from gpt_novel.errors import UserError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -53,8 +54,12 @@ class PrepareConfig:
     """.txt/.json/.jsonl files or directories (searched recursively)"""
     out: str = ""
     """output directory DATA_DIR (published atomically); required"""
-    tokenizer: typing.Literal["word", "char"] = "word"
-    """word: thulac words + characters; char: one token per character"""
+    tokenizer: str = "word"
+    """word: thulac words + characters; char: one token per character; or the PATH of a Hugging Face tokenizer
+    folder (a model folder will do): encode with it, no vocabulary built"""
+    special_tokens: str | None = None
+    """with --tokenizer PATH: its tokens for NEWLINE,END,START,PAD,UNK (a newline, a chapter's end and start,
+    padding, unknown characters); unset: [SEP],[CLS],[MASK],[PAD],[UNK], which a BERT-style vocabulary has"""
     vocab_size: int = 50000
     """vocabulary size including 5 special tokens"""
     seq_len: int = 1024
@@ -101,8 +106,17 @@ class PrepareConfig:
             raise UserError("give at least one input file or directory")
         if not self.out:
             raise UserError("--out DATA_DIR is required")
-        if self.tokenizer not in ("word", "char"):
-            raise UserError(f"--tokenizer must be 'word' or 'char', not {self.tokenizer!r}")
+        if self.pretrained and not Path(self.tokenizer).is_dir():
+            raise UserError(f"--tokenizer must be word, char or a Hugging Face tokenizer folder; {self.tokenizer} is "
+                            "none of them")
+        if self.pretrained and given_kind(self.tokenizer) != PRETRAINED:
+            ours = Vocab.load(self.tokenizer)
+            if ours.to_simplified != self.to_simplified:
+                raise UserError(f"--tokenizer {self.tokenizer} was made with --to-simplified "
+                                f"{str(ours.to_simplified).lower()}: give the same")
+        if self.special_tokens is not None and (not self.pretrained or len(self.specials()) != 5):
+            raise UserError("--special-tokens goes with --tokenizer PATH and names five tokens: NEWLINE,END,START,PAD,"
+                            f"UNK, not {self.special_tokens!r}")
         _in_range("--vocab-size", self.vocab_size, 16, 4_000_000)
         _in_range("--seq-len", self.seq_len, 8, 65536)
         if not 0 <= self.val_ratio <= 0.5:
@@ -120,8 +134,24 @@ class PrepareConfig:
         _in_range("--task", self.task, 0, self.tasks - 1)
         return self
 
+    @property
+    def pretrained(self) -> bool:
+        """--tokenizer names a Hugging Face tokenizer folder (not word or char)."""
+        return self.tokenizer not in ("word", "char")
+
+    def specials(self) -> dict[str, str] | None:
+        """--special-tokens as role → token (None: the BERT-style names)."""
+        if self.special_tokens is None:
+            return None
+        return dict(zip(ROLES, self.special_tokens.split(","), strict=False))
+
     def output_options(self) -> dict:
-        return {k: getattr(self, k) for k in self.OUTPUT_OPTIONS}
+        """What shapes the output. A pretrained tokenizer counts by its files' digest, not its path."""
+        options = {k: getattr(self, k) for k in self.OUTPUT_OPTIONS}
+        if self.pretrained:
+            options.update(tokenizer=given_kind(self.tokenizer), tokenizer_sha256=tokenizer_digest(self.tokenizer),
+                           special_tokens=self.specials() or DEFAULT_SPECIALS)
+        return options
 
 
 def _in_range(option: str, value: int, lo: int, hi: int) -> None:
@@ -210,6 +240,8 @@ def _one_line(message: str) -> str:
     reprs, flags spelled as on the command line."""
     text = " ".join(line.strip() for line in message.splitlines() if line.strip())
     text = re.sub(r"Expected a <class '(\w+)'>\. Got value: (.*)", r"expected \1, not \2", text)
+    text = re.sub(r"Does not validate against any of the Union subtypes.*?Expected a <class '(\w+)'>.*Given value: "
+                  r"(.*)", r"expected \1, not \2", text)
     text = re.sub(r"Expected a typing\.Literal\[(.*)\]\. Got value: (.*)", r"expected one of \1, not \2", text)
     text = re.sub(r"Option '(\w+)' is not accepted", r"unknown option '\1'", text)
     text = text.replace("Problems parsing config: ", "not valid YAML: ")
@@ -219,6 +251,9 @@ def _one_line(message: str) -> str:
 
 class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Keep the epilog's line breaks (the preset list) while wrapping the options' help."""
+
+
+SHAPE_DEFAULTS = {"n_layer": 2, "n_head": 4, "n_embd": 128}  # a model from scratch, unless a preset says otherwise
 
 
 @dataclass
@@ -233,14 +268,17 @@ class TrainConfig:
     # model (GPT-2)
     preset: str = "custom"
     """a name recorded with the run (the presets set it); it selects nothing: --config does"""
-    n_layer: int = 2
-    """transformer blocks"""
-    n_head: int = 4
-    """attention heads (must divide n_embd)"""
-    n_embd: int = 128
-    """hidden size"""
+    init_from: str = ""
+    """a Hugging Face GPT-2 folder to start from (tools/consolidate.py's or a downloaded one, safetensors): its
+    architecture and weights; prepare the data with --tokenizer FOLDER"""
+    n_layer: int | None = None
+    """transformer blocks; unset: the --init-from folder's, else 2"""
+    n_head: int | None = None
+    """attention heads (must divide n_embd); unset: the --init-from folder's, else 4"""
+    n_embd: int | None = None
+    """hidden size; unset: the --init-from folder's, else 128"""
     n_positions: int = 0
-    """longest context the model accepts; 0: the data's seq len"""
+    """longest context the model accepts; 0: the --init-from folder's, else the data's seq len"""
     dropout: float = 0.1
     """dropout in [0, 1)"""
     activation_checkpointing: bool = False
@@ -311,6 +349,11 @@ class TrainConfig:
         `check_files`, run first); raise UserError on the first problem. Fills n_positions and global_batch_size."""
         if not self.run_dir:
             raise UserError("--run-dir RUN_DIR is required")
+        if self.preset == "finetune" and not self.init_from:
+            raise UserError("the finetune preset starts from a trained model: give --init-from HF_DIR")
+        for name, default in SHAPE_DEFAULTS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
         for name in ("n_layer", "n_head", "n_embd", "max_steps", "micro_batch_size", "grad_accum", "save_every",
                      "keep_last", "eval_every", "max_bad_steps"):
             if getattr(self, name) < 1:
@@ -344,8 +387,9 @@ class TrainConfig:
 def check_files(cfg: TrainConfig) -> Dataset:
     """The file-system half of the config check, run by every rank before any process group starts (so a bad path
     stops the job in one line, not in a collective): the data directory (loaded, with its tokenizer), the DeepSpeed
-    config (resolved against this checkout when relative and absent from the working directory) and a --resume
-    path. Returns the dataset, which `TrainConfig.validate` and the trainer receive."""
+    config (resolved against this checkout when relative and absent from the working directory), a --resume
+    path and an --init-from folder (whose architecture it takes into cfg). Returns the dataset, which
+    `TrainConfig.validate` and the trainer receive."""
     if not cfg.data:
         raise UserError("--data DATA_DIR is required (a directory made by `gpt-novel prepare`)")
     dataset = Dataset.load(cfg.data)
@@ -355,6 +399,10 @@ def check_files(cfg: TrainConfig) -> Dataset:
         raise UserError(f"DeepSpeed config not found: {cfg.deepspeed}")
     if cfg.resume not in ("auto", "never") and not Path(cfg.resume).is_dir():
         raise UserError(f"--resume must be auto, never or a checkpoint directory; {cfg.resume} does not exist")
+    if cfg.init_from:
+        from gpt_novel.pretrained import InitFolder
+
+        InitFolder.load(cfg.init_from).apply(cfg, dataset)
     return dataset
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import io
 import json
@@ -94,7 +95,7 @@ def consolidate(src: str | Path, out: str | Path, step: int | None = None, dtype
         raise UserError(str(e)) from None
     lazy = _fp32_weights(ckpt)
     with torch.device("meta"):
-        model = build_model(cfg, vocab)
+        model = _model_of(ckpt, cfg, vocab)
     expected = dict(model.state_dict())
     _check_shapes(lazy, expected, vocab, ckpt)
     weights = {}
@@ -117,6 +118,16 @@ def consolidate(src: str | Path, out: str | Path, step: int | None = None, dtype
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _model_of(ckpt: Path, cfg: TrainConfig, vocab: Vocab):
+    """The architecture the checkpoint trained: its model_config.json (a run from --init-from keeps every detail of
+    the folder's config, and the folder need not exist any more), else the one its options describe."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if (ckpt / checkpoint.MODEL_CONFIG).is_file():
+        return GPT2LMHeadModel(GPT2Config.from_json_file(str(ckpt / checkpoint.MODEL_CONFIG)))
+    return build_model(dataclasses.replace(cfg, init_from=""), vocab)
 
 
 def _fp32_weights(ckpt: Path) -> dict:

@@ -13,37 +13,41 @@ from gpt_novel.data.vocab import Vocab
 
 
 def build_model(cfg: TrainConfig, vocab: Vocab):
-    """A freshly initialised GPT-2 (the seed is set by the caller, the same on every rank) with SDPA attention,
-    which PyTorch runs as flash attention on GPUs that support it."""
+    """A freshly initialised GPT-2 (the seed is set by the caller, the same on every rank), or the --init-from
+    folder's, with SDPA attention, which PyTorch runs as flash attention on GPUs that support it.
+
+    From a folder, transformers builds the model on the meta device and assigns the safetensors' tensors, so each
+    rank holds one copy of the weights until DeepSpeed takes them. At ZeRO-3 (the accelerator, made first, has
+    registered its DeepSpeed config) transformers creates the model under `deepspeed.zero.Init` instead: each rank
+    keeps only its partition of every parameter, filled one parameter at a time from the file, so the whole model
+    is never held by any rank."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(
-        vocab_size=len(vocab),
-        n_positions=cfg.n_positions,
-        n_embd=cfg.n_embd,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        resid_pdrop=cfg.dropout,
-        embd_pdrop=cfg.dropout,
-        attn_pdrop=cfg.dropout,
-        bos_token_id=vocab.mask,
-        eos_token_id=vocab.cls,
-        pad_token_id=vocab.pad,
-        tie_word_embeddings=True,
-    )
-    config._attn_implementation = "sdpa"
-    model = GPT2LMHeadModel(config)
+    ours = dict(resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, bos_token_id=vocab.mask,
+                eos_token_id=vocab.cls, pad_token_id=vocab.pad)
+    if cfg.init_from:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()  # one "Loading weights" bar per rank says nothing the trainer's lines don't
+        model = GPT2LMHeadModel.from_pretrained(cfg.init_from, use_safetensors=True, dtype=torch.float32,
+                                                attn_implementation="sdpa", local_files_only=True, **ours)
+    else:
+        config = GPT2Config(vocab_size=len(vocab), n_positions=cfg.n_positions, n_embd=cfg.n_embd,
+                            n_layer=cfg.n_layer, n_head=cfg.n_head, tie_word_embeddings=True, **ours)
+        config._attn_implementation = "sdpa"
+        model = GPT2LMHeadModel(config)
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices and embeddings only, never on biases and LayerNorm weights (1-D tensors)."""
+    """Weight decay on matrices and embeddings only, never on biases and LayerNorm weights (1-D tensors). A
+    parameter already partitioned by ZeRO-3 (see `build_model`) is judged by its whole shape, `ds_shape`."""
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
+            (decay if len(getattr(p, "ds_shape", p.shape)) >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -70,5 +74,6 @@ def heldout_metrics(nats: float, tokens: float, chars: float) -> dict:
 
 
 def count_params(model: torch.nn.Module) -> int:
-    """Parameters, each tied tensor once (named_parameters de-duplicates the tied embedding and head)."""
-    return sum(p.numel() for p in model.parameters())
+    """Parameters, each tied tensor once (named_parameters de-duplicates the tied embedding and head), whole even
+    when ZeRO-3 holds only a partition of them here."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())

@@ -59,7 +59,7 @@ def _run_all(cfg: PrepareConfig, out: Path) -> dict | None:
         stages.read(plan, work, parts, pool, cache)
         stages.check_before_segmenting(plan, work, stages.merge(plan, work))
         stages.segment_step(plan, work, parts, pool, cache)
-        stages.vocab_step(plan, work)
+        stages.vocab_step(plan, work, cfg.tokenizer if cfg.pretrained else None)
         stages.encode(plan, work, parts, pool)
     report = _finish(plan, work, out, start)
     if not cfg.keep_work:
@@ -88,7 +88,7 @@ def _run_step(cfg: PrepareConfig, out: Path) -> None:
         elif cfg.step == "segment":
             stages.segment_step(plan, work, parts, pool, _cache_root(cfg))
         elif cfg.step == "vocab":
-            stages.vocab_step(plan, work)
+            stages.vocab_step(plan, work, cfg.tokenizer if cfg.pretrained else None)
         elif cfg.step == "encode":
             stages.encode(plan, work, parts, pool)
     if cfg.step == "finish":

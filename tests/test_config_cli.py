@@ -44,7 +44,8 @@ def test_train_help_lists_the_presets_and_shows_a_presets_values(capsys):
 
 @pytest.mark.parametrize(
     ("argv", "message"),
-    [(["--config", "tinyy"], "--config tinyy: no such file or preset (presets: large, medium, small, tiny, xl)"),
+    [(["--config", "tinyy"],
+      "--config tinyy: no such file or preset (presets: finetune, large, medium, small, tiny, xl)"),
      (["--config", "tiny", "--n-layer", "two"], "--n-layer: expected int, not two"),
      (["--compile", "maybe"], "--compile: expected bool, not maybe"),
      (["--bogus", "1"], "unrecognized arguments: --bogus 1")],
@@ -65,4 +66,5 @@ def test_flags_win_over_the_preset_wherever_they_stand(tmp_path):
 
 def test_bad_prepare_choice_is_one_line(capsys, tmp_path):
     assert main(["prepare", str(tmp_path), "--out", str(tmp_path / "d"), "--tokenizer", "bpe"]) == 2
-    assert capsys.readouterr().err == "gpt-novel prepare: error: --tokenizer: expected one of 'word', 'char', not bpe\n"
+    assert capsys.readouterr().err == ("gpt-novel prepare: error: --tokenizer must be word, char or a Hugging Face "
+                                       "tokenizer folder; bpe is none of them\n")

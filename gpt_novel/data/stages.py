@@ -38,7 +38,7 @@ from gpt_novel.data import boilerplate, ingest, novels, segment, shards
 from gpt_novel.data.dataset import FORMAT, TOKENIZER_DIR, Split
 from gpt_novel.data.novels import FileResult
 from gpt_novel.data.shards import ShardInfo
-from gpt_novel.data.vocab import Vocab, check_vocab_size, tokens_from_counts
+from gpt_novel.data.vocab import Vocab, check_vocab_size, given_vocab, tokenizer_digest, tokens_from_counts
 from gpt_novel.data.workdir import ALL, WorkDir, key_of, read_records, write_json
 from gpt_novel.data.workers import LazyPool, ordered_map
 from gpt_novel.errors import UserError
@@ -76,7 +76,8 @@ class Plan:
                       segment.SEGMENTER_ID if kind == "word" else "")
 
     def vocab_key(self) -> str:
-        opts = {k: self.options[k] for k in ("tokenizer", "vocab_size", "seed", "val_ratio", "seq_len")}
+        opts = {k: self.options.get(k) for k in ("tokenizer", "vocab_size", "seed", "val_ratio", "seq_len",
+                                                 "tokenizer_sha256", "special_tokens")}
         return key_of("vocab", CODE, [self.segment_key(p) for p in range(len(self.partitions))], opts)
 
     def encode_key(self, part: int) -> str:
@@ -317,8 +318,9 @@ def check_before_segmenting(plan: Plan, work: WorkDir, merged: dict) -> None:
         raise UserError("no usable text in any input file: " + "; ".join(reasons))
     if plan.options["val_ratio"] > 0 and chapters < 2:
         raise UserError("only one chapter in the corpus: cannot hold one out for validation (use --val-ratio 0)")
-    chars = set().union(*(work.info("read", p)["distinct_chars"] for p in parts))
-    check_vocab_size(len(chars), plan.options["vocab_size"])
+    if not plan.options.get("tokenizer_sha256"):  # a given vocabulary is what it is: [UNK]s are reported
+        chars = set().union(*(work.info("read", p)["distinct_chars"] for p in parts))
+        check_vocab_size(len(chars), plan.options["vocab_size"])
 
 
 # --- segment ----------------------------------------------------------------------------------------------------
@@ -425,13 +427,16 @@ def _bucket_counts(work: WorkDir, parts: list[int], b: int) -> Counter:
 
 # --- vocab ------------------------------------------------------------------------------------------------------
 
-def vocab_step(plan: Plan, work: WorkDir) -> Vocab:
+def vocab_step(plan: Plan, work: WorkDir, pretrained: str | None = None) -> Vocab:
     """The vocabulary from every partition's counts, one hash bucket at a time (the same tokens, in the same
-    order, as counting the whole corpus at once), and the val split's extra chapters (see `val_extra`)."""
+    order, as counting the whole corpus at once), or the pretrained tokenizer at `pretrained` (--tokenizer PATH);
+    and the val split's extra chapters (see `val_extra`)."""
     parts = list(range(len(plan.partitions)))
     require(work, "segment", parts, plan.segment_key, ("counts.tsv", "counts_index.npy", "kept.npy"))
     key = plan.vocab_key()
-    if not work.done("vocab", ALL, key):
+    if plan.options.get("tokenizer_sha256") and not work.done("vocab", ALL, key):
+        _given_vocab(plan, work, parts, pretrained)
+    elif not work.done("vocab", ALL, key):
         work.remove_unfinished("vocab", ALL)
         opts = plan.options
         chars, best, size = Counter(), [], opts["vocab_size"]
@@ -454,6 +459,21 @@ def vocab_step(plan: Plan, work: WorkDir) -> Vocab:
             vocab.save(out / "tokenizer")
             np.save(out / "val_extra.npy", np.array(extra, dtype=np.uint64).reshape(-1, 2))
     return Vocab.load(work.path("vocab") / "tokenizer")
+
+
+def _given_vocab(plan: Plan, work: WorkDir, parts: list[int], path: str | None) -> None:
+    """The vocab step's output for --tokenizer PATH: its vocabulary as given (a pretrained tokenizer is saved so
+    that AutoTokenizer loads it from the data directory and every model trained on it, see `vocab._as_ours`)."""
+    opts = plan.options
+    if path is None or tokenizer_digest(path) != opts["tokenizer_sha256"]:
+        raise UserError(f"the tokenizer at --tokenizer {path} is not the one the plan step hashed: give the same "
+                        "--tokenizer to every step, or run the plan step again")
+    work.remove_unfinished("vocab", ALL)
+    vocab = given_vocab(path, opts["to_simplified"], opts["special_tokens"])
+    extra = val_extra(work, parts, opts)
+    with work.output("vocab", ALL, plan.vocab_key(), {"vocab_size": len(vocab), "val_extra": len(extra)}) as out:
+        vocab.save(out / "tokenizer")
+        np.save(out / "val_extra.npy", np.array(extra, dtype=np.uint64).reshape(-1, 2))
 
 
 def val_score(hi: np.ndarray, lo: np.ndarray, seed: int) -> np.ndarray:
@@ -548,7 +568,7 @@ def _ids_of(job: tuple[str, str, dict, frozenset, list]) -> tuple[list, float]:
     out = []
     for n, idx, hi, lo, joined in records:
         words = split_words(joined, opts["tokenizer"] == "word")
-        ids = np.array([vocab.mask, *vocab.ids_of_words(words), vocab.cls], dtype=dtype)
+        ids = np.array([vocab.mask, *vocab.ids_of_segmented(words), vocab.cls], dtype=dtype)
         score = val_score(np.array([hi], np.uint64), np.array([lo], np.uint64), opts["seed"])[0]
         in_val = (opts["val_ratio"] > 0 and score < threshold) or idx in held
         stats = {"chapters": 1, "kept": sum(map(len, words)), "unk": int(np.count_nonzero(ids == vocab.unk)),

@@ -23,8 +23,12 @@ from gpt_novel.errors import UserError
 
 SEP, CLS, MASK, PAD, UNK = "[SEP]", "[CLS]", "[MASK]", "[PAD]", "[UNK]"
 SPECIAL_TOKENS = (SEP, CLS, MASK, PAD, UNK)
+# What each special token does; a BERT-style vocabulary (GPT2-Chinese's) has them under these names, another
+# pretrained tokenizer names its own with `prepare --special-tokens`.
+ROLES = ("newline", "end", "start", "pad", "unk")
+DEFAULT_SPECIALS = dict(zip(ROLES, SPECIAL_TOKENS, strict=True))
 META_FILE = "gpt_novel_tokenizer.json"
-_SKIPPED_IN_TEXT = (CLS, MASK, PAD)
+PRETRAINED = "pretrained"  # the kind of a vocabulary taken from a Hugging Face tokenizer folder
 
 
 def build_tokens(words: Counter, kind: str, vocab_size: int) -> list[str]:
@@ -58,14 +62,19 @@ def check_vocab_size(distinct_chars: int, vocab_size: int) -> None:
 
 
 class Vocab:
-    """Token strings and ids, plus how text was prepared (segmenter kind, traditional→simplified)."""
+    """Token strings and ids, plus how text was prepared (segmenter kind, traditional→simplified). A "pretrained"
+    vocabulary encodes and decodes with its Hugging Face tokenizer (`hf`, a `tokenizers.Tokenizer`) instead of
+    thulac and our word lookup."""
 
-    def __init__(self, tokens: Sequence[str], kind: str = "word", to_simplified: bool = False):
+    def __init__(self, tokens: Sequence[str], kind: str = "word", to_simplified: bool = False,
+                 specials: dict[str, str] | None = None, hf=None):
         self.tokens = list(tokens)
         self.index = {t: i for i, t in enumerate(self.tokens)}
         self.kind = kind
         self.to_simplified = to_simplified
-        self.sep, self.cls, self.mask, self.pad, self.unk = (self.index[t] for t in SPECIAL_TOKENS)
+        self.specials = dict(specials or DEFAULT_SPECIALS)
+        self.hf = hf
+        self.sep, self.cls, self.mask, self.pad, self.unk = (self.index[self.specials[r]] for r in ROLES)
         self._lookup = {**self.index, "\n": self.sep}
         self._memo: dict[str, tuple[int, ...]] = {}  # word → ids, filled as words are met
 
@@ -73,9 +82,11 @@ class Vocab:
         return len(self.tokens)
 
     def char_lengths(self) -> list[int]:
-        """Characters each token stands for in text ([SEP] a newline, [CLS]/[MASK]/[PAD] none): the denominator of
-        bits per character, which compares word and character vocabularies."""
-        return [0 if t in _SKIPPED_IN_TEXT else 1 if t == SEP else len(t) for t in self.tokens]
+        """Characters each token stands for in text (the newline token one, start/end/pad none, unknown one): the
+        denominator of bits per character, which compares word, character and pretrained vocabularies."""
+        silent = {self.cls, self.mask, self.pad}
+        return [0 if i in silent else 1 if i in (self.sep, self.unk) else len(self.decode([i]))
+                for i in range(len(self.tokens))]
 
     # --- encoding -----------------------------------------------------------------------------------------------
     def ids_of_words(self, words: Iterable[str]) -> list[int]:
@@ -92,49 +103,71 @@ class Vocab:
         text = clean.normalize(text)
         return clean.to_simplified(text) if self.to_simplified else text
 
+    def ids_of_text(self, text: str) -> list[int]:
+        """A pretrained tokenizer's ids of normalized text, line by line, the newline token between lines (so a
+        newline is one token whatever the tokenizer does with it)."""
+        lines = [self.hf.encode(line, add_special_tokens=False).ids for line in text.split("\n")]
+        return list(itertools.chain.from_iterable(itertools.chain([self.sep], ids) if n else ids
+                                                  for n, ids in enumerate(lines)))
+
+    def ids_of_segmented(self, words: list[str]) -> list[int]:
+        """Ids of what the segment step wrote: words, or (pretrained) the text's characters, tokenized here."""
+        return self.ids_of_text("".join(words)) if self.kind == PRETRAINED else self.ids_of_words(words)
+
     def unknown_chars(self, text: str) -> list[str]:
         """The characters of `text` (as `encode` normalizes it) that the vocabulary lacks, each once, in order:
         `encode` turns them into [UNK], which a user should be told."""
-        known = self.index
-        return list(dict.fromkeys(ch for ch in self.prepare_text(text) if ch != "\n" and ch not in known))
+        chars = dict.fromkeys(ch for ch in self.prepare_text(text) if ch != "\n")
+        if self.kind == PRETRAINED:
+            return [ch for ch in chars if self.unk in self.ids_of_text(ch)]
+        return [ch for ch in chars if ch not in self.index]
 
     def encode(self, text: str, *, new_chapter: bool = False, end_chapter: bool = False) -> list[int]:
-        """Raw text → ids exactly as training saw it (normalization and thulac segmentation included)."""
-        ids = self.ids_of_words(segment.segment_text(self.prepare_text(text), self.kind))
+        """Raw text → ids exactly as training saw it (normalization, then thulac segmentation or the pretrained
+        tokenizer)."""
+        text = self.prepare_text(text)
+        ids = self.ids_of_text(text) if self.kind == PRETRAINED else \
+            self.ids_of_words(segment.segment_text(text, self.kind))
         return ([self.mask] if new_chapter else []) + ids + ([self.cls] if end_chapter else [])
 
     def decode(self, ids: Iterable[int], *, keep_special: bool = False) -> str:
-        """Ids → text: [SEP] is a newline, words join without spaces; [MASK]/[CLS]/[PAD] are dropped unless asked."""
-        out = []
-        for i in ids:
-            token = self.tokens[int(i)]
-            if token == SEP:
-                out.append("\n")
-            elif keep_special or token not in _SKIPPED_IN_TEXT:
-                out.append(token)
-        return "".join(out)
+        """Ids → text: the newline token is a newline, words join without spaces (a pretrained tokenizer's decoder
+        joins its pieces); start/end/pad are dropped unless asked."""
+        silent = () if keep_special else (self.cls, self.mask, self.pad)
+        lines: list[list[int]] = [[]]
+        for i in map(int, ids):
+            if i == self.sep:
+                lines.append([])
+            elif i not in silent:
+                lines[-1].append(i)
+        return "\n".join(map(self._join, lines))
+
+    def _join(self, ids: list[int]) -> str:
+        if self.kind != PRETRAINED:
+            return "".join(self.tokens[i] for i in ids)
+        if type(self.hf.model).__name__ == "WordPiece" or self.hf.decoder is None:
+            # WordPiece's decoder (and a tokenizer without one) puts a space between pieces, and so between Chinese
+            # characters: join them as GPT2-Chinese's readers do, "##" marking a piece that continues a word.
+            return "".join(self.tokens[i].removeprefix("##") for i in ids)
+        return self.hf.decode(ids, skip_special_tokens=False)
 
     # --- files --------------------------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
         """vocab.txt (one token per line, GPT2-Chinese style), tokenizer.json + tokenizer_config.json for
-        `AutoTokenizer`, and our own metadata."""
+        `AutoTokenizer` (a pretrained tokenizer's own pipeline, following our conventions), and our metadata."""
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "vocab.txt").write_text("".join(f"{t}\n" for t in self.tokens), encoding="utf-8")
-        _hf_tokenizer(self.tokens).save(str(directory / "tokenizer.json"))
-        config = {
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": MASK,
-            "eos_token": CLS,
-            "pad_token": PAD,
-            "unk_token": UNK,
-            "clean_up_tokenization_spaces": False,
-            "model_input_names": ["input_ids", "attention_mask"],
-        }
+        tok = _as_ours(self.hf, self.specials["newline"]) if self.kind == PRETRAINED else _hf_tokenizer(self.tokens)
+        tok.save(str(directory / "tokenizer.json"))
+        roles = {"bos_token": "start", "eos_token": "end", "pad_token": "pad", "unk_token": "unk"}
+        special = {key: self.specials[role] for key, role in roles.items()}
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", **special, "clean_up_tokenization_spaces": False,
+                  "model_input_names": ["input_ids", "attention_mask"]}
         _write_json(directory / "tokenizer_config.json", config)
-        special = {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
         _write_json(directory / "special_tokens_map.json", special)
         meta = {"kind": self.kind, "to_simplified": self.to_simplified, "segmenter": segment.SEGMENTER_ID,
-                "vocab_size": len(self), "special_tokens": {t: self.index[t] for t in SPECIAL_TOKENS}}
+                "vocab_size": len(self), "special_tokens": {t: self.index[t] for t in self.specials.values()},
+                "specials": self.specials}
         _write_json(directory / META_FILE, meta)
 
     @classmethod
@@ -143,10 +176,91 @@ class Vocab:
         try:
             meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
             lines = (directory / "vocab.txt").read_text(encoding="utf-8").split("\n")
+            hf = _backend(directory / "tokenizer.json") if meta["kind"] == PRETRAINED else None
         except FileNotFoundError as e:
             missing = Path(e.filename).name
             raise UserError(f"{directory} is not a gpt-novel tokenizer folder (missing {missing})") from None
-        return cls(lines[:-1], meta["kind"], meta["to_simplified"])
+        return cls(lines[:-1], meta["kind"], meta["to_simplified"], meta.get("specials"), hf)
+
+
+def _as_ours(hf, newline: str):
+    """A pretrained tokenizer's pipeline as the data directory (and every model trained on it) saves it: no
+    template adding [CLS] … [SEP] around a prompt (those are a chapter's end and a newline here, so a
+    `pipeline("text-generation")` would start from them), and a WordPiece decoder that joins pieces without spaces
+    and turns the newline token into a newline, as `Vocab.decode` does. Vocabulary, normalizer and model unchanged."""
+    from tokenizers import Tokenizer, decoders
+
+    tok = Tokenizer.from_str(hf.to_str())
+    tok.post_processor = None
+    if type(tok.model).__name__ == "WordPiece":
+        tok.decoder = decoders.Sequence([decoders.Replace(newline, "\n"), decoders.Replace("##", ""),
+                                         decoders.Fuse()])
+    return tok
+
+
+def _backend(path: Path):
+    from tokenizers import Tokenizer
+
+    if not path.is_file():
+        raise FileNotFoundError(2, "missing", str(path))
+    return Tokenizer.from_file(str(path))
+
+
+# Files of a Hugging Face tokenizer folder (not the weights beside them): what the digest of a pretrained
+# tokenizer covers.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "tokenizer.model", META_FILE)
+
+
+def given_kind(path: str | Path) -> str:
+    """The kind of vocabulary a --tokenizer folder gives: a gpt-novel one (a data directory's tokenizer/ or a
+    model folder from tools/consolidate.py) keeps its kind, so a word vocabulary still segments with thulac; any
+    other Hugging Face tokenizer is "pretrained"."""
+    meta = Path(path) / META_FILE
+    if meta.is_file():
+        return json.loads(meta.read_text(encoding="utf-8"))["kind"]
+    return PRETRAINED
+
+
+def given_vocab(path: str | Path, to_simplified: bool, specials: dict[str, str] | None) -> Vocab:
+    """The vocabulary of a --tokenizer folder: ours as saved, any other through `load_pretrained`."""
+    return Vocab.load(path) if (Path(path) / META_FILE).is_file() else load_pretrained(path, to_simplified, specials)
+
+
+def tokenizer_digest(path: str | Path) -> str:
+    """sha256 over a tokenizer folder's tokenizer files (names and bytes): what identifies a pretrained tokenizer."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        if (Path(path) / name).is_file():
+            digest.update(name.encode() + b"\0" + (Path(path) / name).read_bytes())
+    return digest.hexdigest()
+
+
+def load_pretrained(path: str | Path, to_simplified: bool = False, specials: dict[str, str] | None = None) -> Vocab:
+    """The Vocab of a Hugging Face tokenizer folder (a model folder will do); one line when it
+    is not one, is not a fast tokenizer, or lacks the special tokens gpt-novel needs."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise UserError(f"--tokenizer {path} is not a Hugging Face tokenizer folder ({str(e).splitlines()[0]})") \
+            from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError(f"--tokenizer {path}: {type(tokenizer).__name__} has no fast (Rust) version to encode with")
+    by_id = tokenizer.backend_tokenizer.get_vocab(with_added_tokens=True)
+    tokens = sorted(by_id, key=by_id.__getitem__)
+    if [by_id[t] for t in tokens] != list(range(len(tokens))):
+        raise UserError(f"--tokenizer {path}: its token ids are not 0 … {len(tokens) - 1} without gaps")
+    specials = specials or DEFAULT_SPECIALS
+    missing = [t for t in specials.values() if t not in by_id]
+    if missing:
+        raise UserError(f"--tokenizer {path} lacks {', '.join(missing)}: gpt-novel needs a token for a newline, a "
+                        "chapter's end and start, padding and unknown characters; name five of its tokens with "
+                        "--special-tokens NEWLINE,END,START,PAD,UNK")
+    return Vocab(tokens, PRETRAINED, to_simplified, specials, tokenizer.backend_tokenizer)
 
 
 def _write_json(path: Path, obj: dict) -> None:

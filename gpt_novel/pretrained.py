@@ -1,0 +1,87 @@
+"""`--init-from HF_DIR`: a Hugging Face GPT-2 folder to start training from, checked before any process group starts.
+
+The folder is read as JSON (config.json) and safetensors only: a `pytorch_model.bin` is a pickle, which could run
+code when loaded, so it is refused with a line saying how to convert it. Its architecture becomes the run's (a flag
+that contradicts it is refused), its tokenizer must be the data's (same tokens, same ids: the data was prepared with
+`--tokenizer HF_DIR`), and its context must cover the data's seq len.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpt_novel.data.dataset import Dataset
+from gpt_novel.data.vocab import Vocab
+from gpt_novel.errors import UserError
+
+SHAPE = ("n_layer", "n_head", "n_embd", "n_positions")
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+@dataclass(frozen=True)
+class InitFolder:
+    path: Path
+    config: dict  # its config.json
+
+    @classmethod
+    def load(cls, path: str | Path) -> InitFolder:
+        """The folder's config, its weights present as safetensors; one line otherwise."""
+        path = Path(path)
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"--init-from {path} is not a Hugging Face model folder (no config.json)") from None
+        except (OSError, ValueError) as e:
+            raise UserError(f"--init-from {path}: config.json is unreadable ({str(e).splitlines()[0]})") from None
+        if not isinstance(config, dict) or config.get("model_type") != "gpt2":
+            raise UserError(f"--init-from {path} holds a {config.get('model_type') if isinstance(config, dict) else ''}"
+                            " model; gpt-novel trains GPT-2 (model_type gpt2)")
+        if not any((path / name).is_file() for name in WEIGHTS):
+            pickled = (path / "pytorch_model.bin").exists()
+            why = (" (its pytorch_model.bin is a pickle, which could run code: convert it to safetensors where you "
+                   "trust it, e.g. with transformers' save_pretrained)") if pickled else ""
+            raise UserError(f"--init-from {path} has no model.safetensors{why}")
+        return cls(path, config)
+
+    def tokens(self) -> dict[str, int] | None:
+        """The folder's tokenizer as token → id (tokenizer.json, else vocab.txt), or None when it has none."""
+        if (self.path / "tokenizer.json").is_file():
+            from tokenizers import Tokenizer
+
+            return Tokenizer.from_file(str(self.path / "tokenizer.json")).get_vocab(with_added_tokens=True)
+        if (self.path / "vocab.txt").is_file():
+            lines = (self.path / "vocab.txt").read_text(encoding="utf-8").split("\n")
+            return {t: i for i, t in enumerate(lines[:-1] if lines[-1] == "" else lines)}
+        return None
+
+    def apply(self, cfg, dataset: Dataset) -> None:
+        """Take the folder's architecture into `cfg` (refusing a flag that says otherwise) and check the data
+        against the folder: the same vocabulary, seq len within its context."""
+        for name in SHAPE:
+            given, theirs = getattr(cfg, name), self.config.get(name)
+            if given not in (None, 0) and given != theirs:
+                raise UserError(f"--{name.replace('_', '-')} {given} contradicts --init-from {self.path}, whose "
+                                f"{name} is {theirs}: leave --{name.replace('_', '-')} out")
+            setattr(cfg, name, theirs)
+        if self.config["n_positions"] < dataset.seq_len:
+            raise UserError(f"--init-from {self.path} has {self.config['n_positions']} positions, fewer than the "
+                            f"data's seq len {dataset.seq_len}: prepare the data with --seq-len "
+                            f"{self.config['n_positions']} or less")
+        self._check_vocabulary(dataset)
+
+    def _check_vocabulary(self, dataset: Dataset) -> None:
+        ours, theirs = Vocab.load(dataset.tokenizer_dir).index, self.tokens()
+        fix = f"prepare the data with --tokenizer {self.path}"
+        if theirs is None:
+            raise UserError(f"--init-from {self.path} has no tokenizer (tokenizer.json or vocab.txt) to check "
+                            f"{dataset.root}'s vocabulary against: {fix}")
+        if ours != theirs:
+            differ = sorted(set(ours.items()) ^ set(theirs.items()), key=lambda item: item[1])
+            first = f"; first difference at id {differ[0][1]}" if differ else ""
+            raise UserError(f"{dataset.root} was encoded with another vocabulary ({len(ours):,} tokens) than "
+                            f"--init-from {self.path} ({len(theirs):,}{first}): {fix}")
+        if self.config.get("vocab_size") != len(theirs):
+            raise UserError(f"--init-from {self.path}: its config's vocab_size {self.config.get('vocab_size')} is not "
+                            f"its tokenizer's {len(theirs):,} tokens")
