@@ -209,7 +209,8 @@ language: zh
 ---
 # gpt-novel: GPT-2 ({cfg.preset}) for Chinese novel continuation
 
-Trained from scratch with gpt-novel, consolidated from `{ckpt}`.
+{f"Fine-tuned from `{cfg.init_from}`" if cfg.init_from else "Trained from scratch"} with gpt-novel, consolidated from \
+`{ckpt}`.
 
 | | |
 |---|---|
@@ -227,9 +228,18 @@ model = AutoModelForCausalLM.from_pretrained("{out}")
 tokenizer = AutoTokenizer.from_pretrained("{out}")
 ```
 
-The tokenizer here segments words by greedy longest match over the vocabulary. Training segmented with thulac:
-`tools/sample.py` encodes a prompt exactly as training did and is the better way to continue a text.
+{TOKENIZER_NOTES[Vocab.load(ckpt / "tokenizer").kind]}
 """
+
+
+TOKENIZER_NOTES = {
+    "word": "The tokenizer here segments words by greedy longest match over the vocabulary. Training segmented with "
+            "thulac:\n`tools/sample.py` encodes a prompt exactly as training did and is the better way to continue a "
+            "text.",
+    "char": "The tokenizer here has one token per character, as training had.",
+    "pretrained": "The tokenizer is the pretrained one the data was encoded with (it adds no [CLS] … [SEP]); "
+                  "`tools/sample.py`\nalso keeps a prompt's newlines as the newline token.",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

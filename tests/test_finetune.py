@@ -78,6 +78,8 @@ def test_prepare_encodes_with_the_pretrained_tokenizer(bert_folder, bert_data, t
     saved = AutoTokenizer.from_pretrained(bert_data / "tokenizer")  # what a model trained on the data ships
     assert saved(line)["input_ids"] == theirs(line, add_special_tokens=False)["input_ids"]  # no [CLS] … [SEP]
     assert saved.decode(saved(line)["input_ids"]) == line
+    lengths = vocab.char_lengths()  # bits per character count the text's characters, whatever the tokenizer
+    assert sum(lengths[i] for i in vocab.encode(f"{line}\n{line}", new_chapter=True)) == 2 * len(line) + 1
     # characters the tokenizer lacks become [UNK] and are counted per file
     (tmp_path / "in").mkdir()
     for p in SAMPLE_DIR.glob("*.txt"):
@@ -209,7 +211,8 @@ def test_init_from_starts_from_the_folders_weights_and_trains(bert_folder, bert_
 
 
 @pytest.mark.slow
-def test_finetuned_folder_has_the_pretrained_tokenizer_and_the_engines_logits(bert_folder, finetuned, tmp_path):
+def test_finetuned_folder_has_the_pretrained_tokenizer_and_the_engines_logits(bert_folder, bert_data, finetuned,
+                                                                               tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from gpt_novel import consolidate
@@ -229,6 +232,13 @@ def test_finetuned_folder_has_the_pretrained_tokenizer_and_the_engines_logits(be
     sample = run_command([sys.executable, "tools/sample.py", str(folder), "--prompt", "青石镇", "--max-new-tokens",
                           "8", "--seed", "1"])
     assert sample.returncode == 0 and sample.stdout.startswith("青石镇"), sample.stderr
+    from transformers import pipeline
+
+    text = pipeline("text-generation", model=str(folder))("青石镇", max_new_tokens=6)[0]["generated_text"]
+    assert text.startswith("青石镇") and len(text) > 3 and " " not in text
+    assert main(["eval", str(folder), "--data", str(bert_data), "--chapters", "1", "--prompt-chars", "16",
+                 "--gen-chars", "16", "--device", "cpu"]) == 0
+    assert json.loads((folder / "eval.json").read_text())["val_bpc"] > 0
     probe = run_command([sys.executable, "-c", "import sys; from gpt_novel.generate import load; "
                          f"m, v = load({str(folder)!r}); v.encode('青石镇'); print('thulac' in sys.modules)"])
     assert probe.stdout.strip() == "False", probe.stderr  # a pretrained tokenizer encodes prompts without thulac
