@@ -93,8 +93,11 @@ def _rank_world() -> tuple[int, int]:
 
 
 def _write_failure(tmp: Path, e: Exception) -> OSError:
-    if isinstance(e, OSError) and e.filename:
-        return e
+    """The error of a failed save, naming the file of the checkpoint it could not write. A copy that fails names
+    its source first (shutil's sendfile path puts the destination in `filename2`): the destination is the one."""
+    if isinstance(e, OSError) and (e.filename2 or e.filename):
+        written = str(e.filename2 or e.filename)
+        return OSError(e.errno, e.strerror, written if written.startswith(str(tmp)) else str(tmp))
     reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
     code = errno.ENOSPC if free_bytes(tmp) < 1 << 20 else getattr(e, "errno", None) or errno.EIO
     text = os.strerror(errno.ENOSPC) if code == errno.ENOSPC else f"could not write the checkpoint ({reason})"

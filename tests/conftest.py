@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from gpt_novel.cli import main
 from gpt_novel.metrics import read_metrics
@@ -95,6 +96,23 @@ def train_command(data: Path, run_dir: Path, stage: int, nproc: int = 2, *extra:
 
 def run_command(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def assert_folder_logits_equal_the_engines(ckpt: Path, folder: Path, tmp_path: Path) -> None:
+    """The HF folder's logits (bf16) equal, bit for bit, those the training engine computes from the checkpoint
+    under 2 processes (tests/engine_logits.py)."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "engine.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "tests" / "engine_logits.py"), str(ckpt), str(out)]
+    result = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    engine = torch.load(out)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
+    assert model.lm_head.weight is model.transformer.wte.weight  # tied on load
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=engine["input_ids"]).logits, engine["logits"])
 
 
 def train_lines(run_dir: Path) -> list[tuple]:

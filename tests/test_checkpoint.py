@@ -38,3 +38,16 @@ def test_best_prefers_the_newest_of_equals_and_skips_damaged_ones(tmp_path):
     assert checkpoint.find_best(tmp_path, warn=warnings.append).name == "step-00000010"
     assert warnings == ["warning: skipping checkpoint step-00000020: x is missing"]
     assert checkpoint.find_best(tmp_path / "nothing") is None
+
+
+def test_a_failed_copy_names_the_checkpoint_file_it_could_not_write(tmp_path):
+    """shutil's sendfile copy puts the source in `filename` and the destination in `filename2`: the line a user
+    reads names the destination, on the full file system, not DeepSpeed's own file that was being copied."""
+    import errno
+
+    tmp = tmp_path / ".tmp-step-00000006"
+    copy = OSError(errno.ENOSPC, "No space left on device", "/site-packages/deepspeed/zero_to_fp32.py", None,
+                   str(tmp / "zero_to_fp32.py"))
+    assert checkpoint._write_failure(tmp, copy).filename == str(tmp / "zero_to_fp32.py")
+    elsewhere = OSError(errno.EIO, "Input/output error", "/somewhere/else")
+    assert checkpoint._write_failure(tmp, elsewhere).filename == str(tmp)

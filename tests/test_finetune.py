@@ -8,14 +8,21 @@ the sample corpus (as GPT2-Chinese's checkpoints are: [PAD] [UNK] [CLS] [SEP] [M
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, SAMPLE_DIR, assert_no_leftovers, run_command, run_prepare, train_env, train_lines
+from conftest import (
+    ROOT,
+    SAMPLE_DIR,
+    assert_folder_logits_equal_the_engines,
+    assert_no_leftovers,
+    run_command,
+    run_prepare,
+    train_lines,
+)
 
 from gpt_novel.cli import main
 from gpt_novel.data.vocab import Vocab, tokenizer_digest
@@ -213,22 +220,14 @@ def test_init_from_starts_from_the_folders_weights_and_trains(bert_folder, bert_
 @pytest.mark.slow
 def test_finetuned_folder_has_the_pretrained_tokenizer_and_the_engines_logits(bert_folder, bert_data, finetuned,
                                                                                tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from gpt_novel import consolidate
 
     ckpt = finetuned[3] / "checkpoints" / "step-00000012"
     folder = consolidate.consolidate(finetuned[3], tmp_path / "hf")
     assert AutoTokenizer.from_pretrained(folder).get_vocab() == AutoTokenizer.from_pretrained(bert_folder).get_vocab()
-    out = tmp_path / "engine.pt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "engine_logits.py"), str(ckpt), str(out)]
-    result = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    engine = torch.load(out)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
-    with torch.no_grad():
-        assert torch.equal(model(input_ids=engine["input_ids"]).logits, engine["logits"])
+    assert_folder_logits_equal_the_engines(ckpt, folder, tmp_path)
     sample = run_command([sys.executable, "tools/sample.py", str(folder), "--prompt", "青石镇", "--max-new-tokens",
                           "8", "--seed", "1"])
     assert sample.returncode == 0 and sample.stdout.startswith("青石镇"), sample.stderr

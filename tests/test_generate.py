@@ -6,14 +6,12 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, STEPS, train_env
+from conftest import ROOT, STEPS, assert_folder_logits_equal_the_engines
 
 from gpt_novel import consolidate, evaluate, generate
 from gpt_novel.data.dataset import Dataset
@@ -31,20 +29,8 @@ def hf_dirs(zero_runs, tmp_path_factory) -> dict[int, Path]:
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_consolidated_logits_equal_the_training_engine(zero_runs, hf_dirs, tmp_path, stage):
-    from transformers import AutoModelForCausalLM
-
     ckpt = zero_runs[stage] / "checkpoints" / f"step-{STEPS:08d}"
-    out = tmp_path / "engine.pt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "engine_logits.py"), str(ckpt), str(out)]
-    result = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    engine = torch.load(out)
-    model = AutoModelForCausalLM.from_pretrained(hf_dirs[stage], dtype=torch.bfloat16)
-    assert model.lm_head.weight is model.transformer.wte.weight  # tied on load
-    with torch.no_grad():
-        logits = model(input_ids=engine["input_ids"]).logits
-    assert torch.equal(logits, engine["logits"])  # bit for bit
+    assert_folder_logits_equal_the_engines(ckpt, hf_dirs[stage], tmp_path)
 
 
 @pytest.mark.slow
