@@ -214,8 +214,8 @@ class Trainer:
                 self._say(f"stopping: {bad_in_a_row} bad steps in a row (max_bad_steps); the last good checkpoint "
                           "is kept", log)
                 return EXIT_BAD_STEPS
-            val_loss = self._evaluate(log, step, state["tokens"]) if step % cfg.eval_every == 0 or \
-                step == cfg.max_steps else None
+            evaluating = step % cfg.eval_every == 0 or step == cfg.max_steps
+            val_loss = self._evaluate(log, step, state["tokens"]) if evaluating else None
             if step % cfg.sample_every == 0 or step == cfg.max_steps:
                 self._sample(log, step)
             stop_file = self.run_dir / STOP_FILE
