@@ -427,15 +427,15 @@ def _bucket_counts(work: WorkDir, parts: list[int], b: int) -> Counter:
 
 # --- vocab ------------------------------------------------------------------------------------------------------
 
-def vocab_step(plan: Plan, work: WorkDir, pretrained: str | None = None) -> Vocab:
+def vocab_step(plan: Plan, work: WorkDir, given: str | None = None) -> Vocab:
     """The vocabulary from every partition's counts, one hash bucket at a time (the same tokens, in the same
-    order, as counting the whole corpus at once), or the pretrained tokenizer at `pretrained` (--tokenizer PATH);
-    and the val split's extra chapters (see `val_extra`)."""
+    order, as counting the whole corpus at once), or the one of the folder `given` (--tokenizer PATH); and the val
+    split's extra chapters (see `val_extra`)."""
     parts = list(range(len(plan.partitions)))
     require(work, "segment", parts, plan.segment_key, ("counts.tsv", "counts_index.npy", "kept.npy"))
     key = plan.vocab_key()
     if plan.options.get("tokenizer_sha256") and not work.done("vocab", ALL, key):
-        _given_vocab(plan, work, parts, pretrained)
+        _given_vocab(plan, work, parts, given)
     elif not work.done("vocab", ALL, key):
         work.remove_unfinished("vocab", ALL)
         opts = plan.options
