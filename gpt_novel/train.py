@@ -135,6 +135,12 @@ class Trainer:
         """The val shards, opened once (their member offsets are read on first use), or None without a val split."""
         return ShardSet.load(self.dataset, "val") if self.dataset.split("val") is not None else None
 
+    @functools.cached_property
+    def _char_lengths(self) -> list[int]:
+        """Characters per token for bits per character, computed once (a pretrained vocabulary decodes every
+        token for it), not at every evaluation."""
+        return self.vocab.char_lengths()
+
     @property
     def seq_len(self) -> int:
         return self.dataset.seq_len
@@ -269,7 +275,7 @@ class Trainer:
         batches = val_batches(self._val, self.rank, self.world, self.cfg.micro_batch_size, self.cfg.eval_batches)
         self.engine.eval()
         with torch.no_grad():
-            sums = heldout_sums(self.engine, batches, self.vocab.char_lengths(), self.device)
+            sums = heldout_sums(self.engine, batches, self._char_lengths, self.device)
         self.engine.train()
         result = heldout_metrics(*parallel.all_reduce_sum(sums, self.device))
         log.log_eval(step, **result, tokens=tokens)
