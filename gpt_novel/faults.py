@@ -16,9 +16,11 @@ a bug; a bug keeps its traceback). Every rank of a failed job exits with the fai
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -34,6 +36,7 @@ POLL_S = 0.5
 GRACE_S = 1.0
 STORE_TRIES = 4  # polls in a row without an answer before the launcher counts as gone
 STATUS_ENV = "GPT_NOVEL_STATUS_FILE"
+STACKS_SIGNAL = signal.SIGUSR2  # `kill -USR2 PID`: a rank that seems stuck prints every thread's stack to stderr
 
 
 def describe(exc: BaseException) -> tuple[int, str]:
@@ -162,6 +165,7 @@ def fail_fast(program: str, rank: int, world: int, cleanup: Callable[[], None] =
     """`with fail_fast(...) as dog:` any exception inside ends this rank and, through the store, every rank;
     `cleanup` runs first on every path that ends the process."""
     dog = Watchdog(program, rank, world, cleanup)
+    faulthandler.register(STACKS_SIGNAL, all_threads=True)
     try:
         yield dog
     except SystemExit:
@@ -170,3 +174,4 @@ def fail_fast(program: str, rank: int, world: int, cleanup: Callable[[], None] =
         dog.fail(exc)
     finally:
         dog.stop()
+        faulthandler.unregister(STACKS_SIGNAL)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -95,7 +97,33 @@ def train_command(data: Path, run_dir: Path, stage: int, nproc: int = 2, *extra:
 
 
 def run_command(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=timeout)
+    """Run a launcher; one that outlives `timeout` fails the test with where each of its ranks was waiting."""
+    with subprocess.Popen(cmd, cwd=ROOT, env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            out, err = _dump_and_kill(proc)
+            pytest.fail(f"{' '.join(cmd[:6])}... still running after {timeout} s\n--- stdout\n{out[-3000:]}\n"
+                        f"--- stderr (the ranks' stacks)\n{err[:12000]}", pytrace=False)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _dump_and_kill(proc: subprocess.Popen) -> tuple[str, str]:
+    """SIGUSR2 to every process under the launcher (the trainer prints its threads' stacks: faults.STACKS_SIGNAL),
+    then SIGKILL to the whole session; returns what the job printed."""
+    import psutil
+
+    from gpt_novel.faults import STACKS_SIGNAL
+
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.cmdline() != child.parent().cmdline():  # not a DataLoader worker (a fork, no handler)
+                child.send_signal(STACKS_SIGNAL)
+                time.sleep(0.5)  # one process at a time: their dumps share the stderr pipe
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.communicate()
 
 
 def assert_folder_logits_equal_the_engines(ckpt: Path, folder: Path, tmp_path: Path) -> None:
