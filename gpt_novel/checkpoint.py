@@ -44,7 +44,7 @@ def checkpoints_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def _barrier() -> None:
+def barrier() -> None:
     """Between saving steps; a rank that fails meanwhile ends every rank through `faults`, not by a timeout."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -60,17 +60,17 @@ def save(engine, run_dir: str | Path, step: int, state: dict, cfg, tokenizer_dir
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    _barrier()
+    barrier()
     try:
-        engine.save_checkpoint(str(tmp), tag=DS_TAG, save_latest=False)
+        engine.save_checkpoint(str(tmp), tag=DS_TAG, save_latest=True)  # DeepSpeed's zero_to_fp32.py needs no -t
         _write_atomic(tmp / f"rng-rank{rank:05d}.json", json.dumps(rng_state()))
-        _barrier()
+        barrier()
         if rank == 0:
             _write_atomic(tmp / STATE, json.dumps(state, indent=1))
             _write_atomic(tmp / MODEL_CONFIG, engine.module.config.to_json_string())
             _write_config(tmp / "config.yaml", cfg)
             shutil.copytree(tokenizer_dir, tmp / "tokenizer")
-        _barrier()  # every file is written before the ranks list and hash them
+        barrier()  # every file is written before the ranks list and hash them
     except (OSError, RuntimeError) as e:
         raise _write_failure(tmp, e) from e
     files = _gather(_hash_share(tmp, rank, world))
@@ -82,7 +82,7 @@ def save(engine, run_dir: str | Path, step: int, state: dict, cfg, tokenizer_dir
                   "val_loss": state.get("val_loss"), "files": dict(sorted(files.items()))}
         _write_atomic(final / MARKER, json.dumps(marker, indent=1))
         _prune(root, keep_last)
-    _barrier()
+    barrier()
     return final
 
 
@@ -154,10 +154,11 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _prune(root: Path, keep_last: int) -> None:
     """Keep the newest keep_last complete checkpoints and the best by validation loss; drop temporaries left by
-    saves that were interrupted."""
-    complete = [p for p in _candidates(root) if _problem(p) is None]
+    saves and universal conversions that were interrupted."""
+    complete = [p for p in _candidates(root) if problem(p) is None]
     best = _best(complete)
-    for old in [p for p in complete[keep_last:] if p != best] + sorted(root.glob(".tmp-*")):
+    leftovers = sorted(root.glob(".tmp-*")) + sorted(root.glob(".universal-*"))
+    for old in [p for p in complete[keep_last:] if p != best] + leftovers:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -177,11 +178,11 @@ def find_best(run_dir: str | Path, warn=print) -> Path | None:
     """The complete checkpoint with the lowest validation loss; damaged ones are skipped with a warning."""
     usable = []
     for path in _candidates(checkpoints_dir(run_dir)):
-        problem = _problem(path)
-        if problem is None:
+        why = problem(path)
+        if why is None:
             usable.append(path)
         elif val_loss(path) is not None:
-            warn(f"warning: skipping checkpoint {path.name}: {problem}")
+            warn(f"warning: skipping checkpoint {path.name}: {why}")
     return _best(usable)
 
 
@@ -201,7 +202,7 @@ def _marker(path: Path) -> tuple[dict | None, str | None]:
         return None, "damaged completion marker"
 
 
-def _problem(path: Path, rank: int = 0, world: int = 1, digests: bool = False) -> str | None:
+def problem(path: Path, rank: int = 0, world: int = 1, digests: bool = False) -> str | None:
     """Why a checkpoint directory cannot be used, or None. Sizes always; with `digests`, this rank's share of the
     sha256 checks too (see `verify` for the whole)."""
     marker, problem = _marker(path)
@@ -226,12 +227,12 @@ def _problem(path: Path, rank: int = 0, world: int = 1, digests: bool = False) -
 def verify(path: Path) -> str | None:
     """Collective: sizes and every digest, the hashing split among the ranks; every rank gets the same answer."""
     rank, world = _rank_world()
-    problems = _gather({str(rank): _problem(path, rank, world, digests=True)})
+    problems = _gather({str(rank): problem(path, rank, world, digests=True)})
     return next((p for _, p in sorted(problems.items()) if p), None)
 
 
-def find_latest(run_dir: str | Path, warn=print, check=_problem) -> Path | None:
-    """The newest usable checkpoint; unusable newer ones are skipped with a warning. `check` is `_problem` (sizes,
+def find_latest(run_dir: str | Path, warn=print, check=problem) -> Path | None:
+    """The newest usable checkpoint; unusable newer ones are skipped with a warning. `check` is `problem` (sizes,
     cheap) or `verify` (digests, collective: before a load)."""
     for path in _candidates(checkpoints_dir(run_dir)):
         problem = check(path)
@@ -249,10 +250,11 @@ def check_usable(path: Path, check=verify) -> dict:
     return _marker(path)[0]
 
 
-def load(engine, path: Path) -> dict:
-    """Load weights, optimizer and DeepSpeed state into the engine; return the trainer state. Collective. Call it on
-    a verified checkpoint only: DeepSpeed unpickles its files."""
-    load_path, _ = engine.load_checkpoint(str(path), tag=DS_TAG, load_optimizer_states=True,
+def load(engine, path: Path, universal: Path | None = None) -> dict:
+    """Load weights, optimizer and DeepSpeed state into the engine (from `universal`, the checkpoint converted by
+    `resume.to_universal`, when given); return the trainer state. Collective. Call it on a verified checkpoint only:
+    DeepSpeed unpickles its files."""
+    load_path, _ = engine.load_checkpoint(str(universal or path), tag=DS_TAG, load_optimizer_states=True,
                                           load_lr_scheduler_states=False)
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load {path}")

@@ -291,9 +291,10 @@ class TrainConfig:
     micro_batch_size: int = 8
     """sequences per process per forward pass"""
     grad_accum: int = 1
-    """micro batches accumulated per optimizer step"""
+    """micro batches accumulated per optimizer step; derived from --global-batch-size when that is set"""
     global_batch_size: int = 0
-    """sequences per optimizer step; 0: micro batch × grad accum × processes, else it must equal that"""
+    """sequences per optimizer step, kept when the number of processes changes (grad accum = it / (micro batch ×
+    processes)); 0: micro batch × grad accum × processes, or the resumed checkpoint's"""
     lr: float = 3e-4
     """peak learning rate (after warmup)"""
     min_lr: float = 3e-5
@@ -343,6 +344,8 @@ class TrainConfig:
     """show a progress bar (rank 0)"""
     log_all_ranks: bool = False
     """let every rank print its messages, not only rank 0"""
+    log_samples: bool = False
+    """debugging: append the (shard, index) of every sample each rank trains on to RUN_DIR/samples-rank<N>.jsonl"""
 
     def validate(self, world_size: int, dataset: Dataset) -> TrainConfig:
         """Check the options against each other and against the data, without touching the file system (that is
@@ -364,13 +367,8 @@ class TrainConfig:
             self.n_positions = dataset.seq_len
         if self.n_positions < dataset.seq_len:
             raise UserError(f"n_positions {self.n_positions} is shorter than the data's seq_len {dataset.seq_len}")
-        global_batch = self.micro_batch_size * self.grad_accum * world_size
-        if self.global_batch_size and self.global_batch_size != global_batch:
-            raise UserError(
-                f"global_batch_size {self.global_batch_size} != micro_batch_size {self.micro_batch_size} × grad_accum "
-                f"{self.grad_accum} × world size {world_size} = {global_batch}"
-            )
-        self.global_batch_size = global_batch
+        self._derive_grad_accum(world_size)
+        global_batch = self.global_batch_size
         if not 0 <= self.min_lr <= self.lr:
             raise UserError(f"min_lr {self.min_lr} must be between 0 and lr {self.lr}")
         if not 0 <= self.dropout < 1:
@@ -382,6 +380,21 @@ class TrainConfig:
             raise UserError(f"{dataset.root} has {dataset.train_samples()} training samples, fewer than one "
                             f"optimizer step needs ({global_batch} = world size × micro batch × accumulation)")
         return self
+
+
+    def _derive_grad_accum(self, world_size: int) -> None:
+        """The global batch is the contract (it decides which samples each step trains on): a set one fixes the
+        accumulation for this world size, refused when it does not divide; an unset one is micro batch × grad accum
+        × processes."""
+        per_pass = self.micro_batch_size * world_size
+        if not self.global_batch_size:
+            self.global_batch_size = per_pass * self.grad_accum
+        elif self.global_batch_size % per_pass:
+            raise UserError(f"--global-batch-size {self.global_batch_size} is not divisible by --micro-batch-size "
+                            f"{self.micro_batch_size} × {world_size} process{'es' if world_size > 1 else ''} = "
+                            f"{per_pass}: choose a micro batch size that divides it")
+        else:
+            self.grad_accum = self.global_batch_size // per_pass
 
 
 def check_files(cfg: TrainConfig) -> Dataset:

@@ -100,6 +100,12 @@ def make_accelerator(cfg: TrainConfig):
     return accelerator
 
 
+def load_universal(accelerator) -> None:
+    """Make DeepSpeed load a universal checkpoint (another world size or ZeRO stage): set before `prepare`."""
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
+
+
 def _accelerate_runs_deepspeed() -> bool:
     """Whether `accelerate launch` started this process with DeepSpeed (then it hands DeepSpeed its own config)."""
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"

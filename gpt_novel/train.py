@@ -14,7 +14,9 @@ launchers (slurm/train.sh); the trainer removes it once the checkpoint is saved.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import os
 import random
 import signal
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gpt_novel import checkpoint, faults, lock, metrics, parallel
+from gpt_novel import checkpoint, faults, lock, metrics, parallel, resume, schedule
 from gpt_novel.config import TrainConfig, check_files, train_config
 from gpt_novel.data.dataset import Dataset
 from gpt_novel.data.stream import ShardSet, StreamSpec, TrainStream, make_loader, val_batches
@@ -59,13 +61,18 @@ def main(argv: list[str] | None = None) -> int:
         cfg = train_config(argv)
         dataset = check_files(cfg)
         deepspeed_warning = parallel.resolve_deepspeed(cfg)
-        cfg.validate(world, dataset)
-        holder = _claim_run_dir(cfg) if rank == 0 else None
+        finished = _check_resume(cfg, dataset, world)
+        holder = _claim_run_dir(cfg) if rank == 0 and not finished else None
     except UserError as e:  # before any process group: every rank stops, rank 0 says why
         if rank == 0:
             print(f"{PROGRAM}: error: {e}", file=sys.stderr)
             faults.record_status(2)
         return 2
+    if finished:
+        if rank == 0:
+            print(finished, file=sys.stderr)
+            faults.record_status(0)
+        return 0
     if rank == 0 and deepspeed_warning:
         print(deepspeed_warning, file=sys.stderr, flush=True)
     parallel.single_process_env()
@@ -82,6 +89,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 PROGRAM = "gpt-novel train"
+
+
+def _check_resume(cfg: TrainConfig, dataset: Dataset, world: int) -> str | None:
+    """Validate cfg, against the checkpoint it resumes from when there is one (its global batch is kept; another
+    dataset, vocabulary or shape is refused); returns the line that ends a run with nothing left to train."""
+    point = resume.candidate(cfg)
+    if point is not None:
+        resume.keep_global_batch(point, cfg)
+    cfg.validate(world, dataset)
+    if point is None:
+        return None
+    resume.check_compatible(point, cfg, dataset)
+    return resume.nothing_to_train(point, cfg)
 
 
 def _lock_path(cfg: TrainConfig) -> Path:
@@ -121,11 +141,16 @@ class Trainer:
             checkpoint.check_space(self.run_dir, self.n_params)
         optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                       betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=True)
-        self.scheduler = _cosine_schedule(optimizer, cfg)
+        # --- the checkpoint to resume from (digests checked by all ranks), its schedule, its layout --------------
+        self.resume_from = resume.candidate(cfg, warn=self._say, check=checkpoint.verify)
+        self.schedule = _schedule_plan(cfg, self.resume_from)
+        self.scheduler = schedule.make(optimizer, cfg, self.schedule)
+        self.zero_stage = parallel.zero_stage(self.accelerator)
+        if self.resume_from is not None and self.resume_from.elastic(self.world, self.zero_stage):
+            parallel.load_universal(self.accelerator)
         self.engine, _ = self.accelerator.prepare(model, optimizer)
         if cfg.compile:
             self.engine.compile()
-        self.zero_stage = parallel.zero_stage(self.accelerator)
         self.flops_per_token = metrics.flops_per_token(self.n_params, cfg.n_layer, cfg.n_embd, self.seq_len)
         name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
         self.peak = metrics.peak_flops(name, cfg.peak_flops or None)
@@ -146,50 +171,48 @@ class Trainer:
         return self.dataset.seq_len
 
     # --- resume ------------------------------------------------------------------------------------------------
-    def _resume(self) -> tuple[dict, Path | None]:
-        cfg = self.cfg
-        fresh = {"step": 0, "micro_batches": 0, "tokens": 0, "skipped_steps": 0, "elapsed": 0.0}
-        if cfg.resume == "never":
-            return fresh, None
-        if cfg.resume == "auto":
-            path = checkpoint.find_latest(self.run_dir, warn=self._say, check=checkpoint.verify)
-            if path is None:
-                return fresh, None
-        else:
-            path = Path(cfg.resume)
-        try:
-            marker = checkpoint.check_usable(path)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        if marker["world_size"] != self.world or marker["global_batch_size"] != cfg.global_batch_size:
-            raise UserError(
-                f"{path} was saved with world size {marker['world_size']} and global batch "
-                f"{marker['global_batch_size']}; this run has {self.world} and {cfg.global_batch_size}. Resume with "
-                "the same number of processes and batch sizes (elastic resume is not supported yet), or start a new "
-                "--run-dir"
-            )
-        state = checkpoint.load(self.engine, path)
+    def _resume(self) -> dict:
+        """Load the checkpoint found at start-up into the engine (through DeepSpeed's universal checkpoint when it
+        was saved with another world size or ZeRO stage); returns the trainer state to go on from."""
+        point = self.resume_from
+        if point is None:
+            return {"step": 0, "tokens": 0, "skipped_steps": 0, "elapsed": 0.0}
+        elastic = point.elastic(self.world, self.zero_stage)
+        started = time.time()
+        shapes = {name: tuple(getattr(p, "ds_shape", p.shape)) for name, p in self.engine.module.named_parameters()}
+        universal = resume.to_universal(point, self.zero_stage, shapes, self.is_main) if elastic else None
+        state = checkpoint.load(self.engine, point.path, universal)
+        if universal is not None:
+            resume.discard_universal(universal, self.is_main)
         self.scheduler.load_state_dict(state["scheduler"])
-        self._say(f"resumed from {path} (step {state['step']}, {state['tokens']:,} tokens)")
-        return state, path
+        for group, lr in zip(self.scheduler.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr  # a universal load does not restore the optimizer's learning rates
+        how = (f"; saved on {point.world_size} process{'es' if point.world_size > 1 else ''}"
+               f"{f', ZeRO-{point.zero_stage}' if point.zero_stage is not None else ''}, converted to a DeepSpeed "
+               f"universal checkpoint and loaded in {time.time() - started:.1f} s" if elastic else "")
+        self._say(f"resumed from {point.path} (step {state['step']}, {state['tokens']:,} tokens{how})")
+        if self.schedule != state.get("schedule", self.schedule):
+            self._say(f"--max-steps {self.cfg.max_steps} (the checkpoint planned {point.saved_max_steps()}): the "
+                      "learning rate decays from its current value to --min-lr at the new last step")
+        return state
 
     # --- the loop ----------------------------------------------------------------------------------------------
     def run(self) -> int:
         cfg = self.cfg
-        state, resumed_from = self._resume()
+        state = self._resume()
         train = ShardSet.load(self.dataset, "train")
         spec = StreamSpec(cfg.seed, self.rank, self.world, cfg.micro_batch_size, cfg.grad_accum)
-        stream = TrainStream(train, spec, start=state["micro_batches"])
+        stream = TrainStream(train, spec, start=state["step"] * cfg.grad_accum)
         batches = iter(make_loader(stream, cfg.num_workers))
-        if resumed_from is not None:  # after the DataLoader iterator exists: creating it must not shift the RNG
-            checkpoint.restore_rng(resumed_from, self.rank)
+        self._restore_rng(state["step"])  # after the DataLoader iterator exists: creating it must not shift the RNG
         if self.is_main and state["step"] == 0:
             self._say(f"{self.n_params / 1e6:.1f}M parameters on {self.device.type}, ZeRO-{self.zero_stage}, world "
                       f"size {self.world}, global batch {cfg.global_batch_size} × {self.seq_len} tokens, "
                       f"{stream.steps_per_epoch} step{'s' if stream.steps_per_epoch != 1 else ''} per epoch")
         with metrics.Metrics(self.run_dir, enabled=self.is_main, total_steps=cfg.max_steps, start_step=state["step"],
-                             tensorboard=cfg.tensorboard, progress=cfg.progress) as log:
-            code = self._train(log, state, batches)
+                             tensorboard=cfg.tensorboard, progress=cfg.progress) as log, \
+                _sample_record(cfg.log_samples, self.run_dir, self.rank, stream) as record:
+            code = self._train(log, state, batches, record)
         if code == 0 and self.is_main:
             (self.run_dir / DONE_FILE).write_text(f"{state['step']}\n", encoding="utf-8")
             metrics.plot_run(self.run_dir)
@@ -197,8 +220,20 @@ class Trainer:
                       f"{self.run_dir / 'tensorboard'})")
         return code
 
-    def _train(self, log: metrics.Metrics, state: dict, batches) -> int:
-        """Optimizer steps until max_steps (0), a stop request (EXIT_PREEMPTED) or too many bad steps in a row."""
+    def _restore_rng(self, step: int) -> None:
+        """The RNG states the checkpoint saved for this rank; on another layout (no such states) a seed drawn from
+        the step and rank, so dropout never repeats the masks of the run's start."""
+        point = self.resume_from
+        if point is None:
+            return
+        if point.elastic(self.world, self.zero_stage):
+            _seed_everything(int(np.random.SeedSequence([self.cfg.seed, step, self.rank]).generate_state(1)[0]))
+        else:
+            checkpoint.restore_rng(point.path, self.rank)
+
+    def _train(self, log: metrics.Metrics, state: dict, batches, record) -> int:
+        """Optimizer steps until max_steps (0), a stop request (EXIT_PREEMPTED) or too many bad steps in a row;
+        `record(step)` is called after each step (see --log-samples)."""
         cfg = self.cfg
         bad_in_a_row, started = 0, time.time() - state["elapsed"]
         if self.is_main and state["step"] < cfg.max_steps:
@@ -207,7 +242,7 @@ class Trainer:
             t0 = time.time()
             loss, lr, waited = self._optimizer_step(batches)
             step = state["step"] + 1
-            state["micro_batches"] += cfg.grad_accum
+            record(step)
             state["tokens"] += cfg.global_batch_size * self.seq_len
             bad_in_a_row = 0 if self.engine.was_step_applied() else bad_in_a_row + 1
             state["skipped_steps"] += bad_in_a_row > 0
@@ -307,7 +342,7 @@ class Trainer:
     def _save(self, log: metrics.Metrics, step: int, state: dict, started: float, val_loss: float | None) -> None:
         """A checkpoint of this step; `val_loss`, evaluated at this step or None, lets pruning keep the best one."""
         state = {**state, "step": step, "elapsed": time.time() - started, "scheduler": self.scheduler.state_dict(),
-                 "val_loss": val_loss,
+                 "val_loss": val_loss, "schedule": self.schedule, "zero_stage": self.zero_stage,
                  "world_size": self.world, "global_batch_size": self.cfg.global_batch_size,
                  "data_fingerprint": self.dataset.fingerprint, "n_params": self.n_params}
         path = checkpoint.save(self.engine, self.run_dir, step, state, self.cfg, self.dataset.tokenizer_dir,
@@ -322,12 +357,29 @@ class Trainer:
             print(text if self.is_main else f"[rank {self.rank}] {text}", flush=True)
 
 
-def _cosine_schedule(optimizer, cfg: TrainConfig):
-    """Linear warmup, then cosine decay to min_lr (transformers' scheduler)."""
-    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+def _schedule_plan(cfg: TrainConfig, point: resume.ResumePoint | None) -> dict:
+    """The learning-rate plan: the checkpoint's, re-planned from its step when --max-steps changed (`schedule`)."""
+    if point is None:
+        return schedule.plan(cfg, None, 0, 1.0)
+    saved = point.state.get("schedule") or {"max_steps": point.saved_max_steps(), "decay_from": None}
+    lrs = point.state["scheduler"]
+    return schedule.plan(cfg, saved, point.step, lrs["_last_lr"][0] / lrs["base_lrs"][0])
 
-    return get_cosine_with_min_lr_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps,
-                                                        min_lr_rate=cfg.min_lr / cfg.lr if cfg.lr else 0.0)
+
+@contextlib.contextmanager
+def _sample_record(enabled: bool, run_dir: Path, rank: int, stream: TrainStream):
+    """`record(step)`: with --log-samples, appends the (shard, index) of every sample this rank trained on at that
+    step to RUN_DIR/samples-rank<N>.jsonl (a debugging aid: which samples a run consumed, whatever its layout)."""
+    if not enabled:
+        yield lambda step: None
+        return
+    accum = stream.spec.grad_accum
+    with open(run_dir / f"samples-rank{rank:05d}.jsonl", "a", encoding="utf-8") as out:
+        def record(step: int) -> None:
+            ids = [pair for g in range((step - 1) * accum, step * accum) for pair in stream.sample_ids(g)]
+            out.write(json.dumps({"step": step, "samples": ids}) + "\n")
+
+        yield record
 
 
 def _seed_everything(seed: int) -> None:

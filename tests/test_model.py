@@ -64,7 +64,8 @@ def test_activation_checkpointing_recomputes_the_same_gradients(cfg, sample_data
     ("args", "message"),
     [(["--n-embd", "130"], "n_embd 130 is not divisible by n_head 4"),
      (["--n-positions", "32"], "n_positions 32 is shorter than the data's seq_len 64"),
-     (["--global-batch-size", "64"], "global_batch_size 64 != micro_batch_size 8 × grad_accum 2 × world size 2"),
+     (["--global-batch-size", "60"], "--global-batch-size 60 is not divisible by --micro-batch-size 8 × 2 processes "
+                                     "= 16: choose a micro batch size that divides it"),
      (["--micro-batch-size", "0"], "--micro-batch-size must be at least 1"),
      (["--warmup-steps", "500"], "--warmup-steps 500 must be at least 0 and below --max-steps 200"),
      (["--max-steps", "20"], "below --max-steps 20: lower it too (e.g. --warmup-steps 2)"),
@@ -77,6 +78,14 @@ def test_bad_configs_are_refused_with_one_line(sample_data, args, message):
     cfg = train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "r", *args])
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         cfg.validate(2, check_files(cfg))
+
+
+@pytest.mark.parametrize(("world", "accum"), [(1, 8), (2, 4), (4, 2), (8, 1)])
+def test_the_global_batch_decides_the_accumulation_for_any_world_size(sample_data, world, accum):
+    cfg = train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "r", "--global-batch-size", "64",
+                        "--micro-batch-size", "8", "--grad-accum", "3"])
+    cfg.validate(world, check_files(cfg))
+    assert (cfg.global_batch_size, cfg.grad_accum) == (64, accum)
 
 
 def test_missing_data_directory(tmp_path):

@@ -61,10 +61,27 @@ def test_each_epoch_has_a_new_order_from_the_seed(shard_set):
     assert _epoch(shard_set, 0, 1, 1) == e1  # a pure function of (seed, epoch, rank, world, position)
 
 
-def test_a_rank_reads_few_shards(shard_set):
-    stream = TrainStream(shard_set, StreamSpec(7, 0, 3, 4, 2))
-    used = {shard for g in range(stream.batches_per_epoch) for shard, _ in stream.sample_ids(g)}
-    assert len(used) <= len(shard_set.counts) // 3 + 2
+def test_a_step_reads_a_contiguous_stretch_of_few_shards(shard_set):
+    streams = [TrainStream(shard_set, StreamSpec(7, r, 3, 4, 2)) for r in range(3)]
+    for step in range(streams[0].steps_per_epoch):
+        used = {shard for s in streams for g in range(step * 2, step * 2 + 2) for shard, _ in s.sample_ids(g)}
+        assert len(used) <= 3  # 24 samples span at most three shards of 16 (or of 16, 11 and 16)
+
+
+def _consumed(shard_set: ShardSet, world: int, accum: int, steps: range) -> list[set[int]]:
+    """The samples each optimizer step trains on, all ranks together, with micro batch 4 × accum × world = B."""
+    streams = [TrainStream(shard_set, StreamSpec(7, r, world, 4, accum)) for r in range(world)]
+    return [{i for s in streams for g in range(k * accum, (k + 1) * accum) for i in _ids(s.batch(g))} for k in steps]
+
+
+def test_the_samples_of_each_step_depend_on_the_global_batch_not_the_world_size(shard_set):
+    steps = range(20)  # crosses an epoch boundary (203 // 24 = 8 steps an epoch)
+    reference = _consumed(shard_set, 2, 3, steps)  # B = 24
+    assert all(len(ids) == 24 for ids in reference)
+    assert _consumed(shard_set, 1, 6, steps) == reference
+    assert _consumed(shard_set, 3, 2, steps) == reference
+    assert _consumed(shard_set, 6, 1, steps) == reference
+    assert _consumed(shard_set, 2, 2, steps) != reference[:20]  # another B, another order
 
 
 @pytest.mark.parametrize("workers", [0, 1, 3])

@@ -1,17 +1,21 @@
-"""The per-rank sample stream: a pure function of (seed, epoch, rank, world size, position), resumable in O(1).
+"""The per-rank sample stream: a pure function of (seed, epoch, global batch, position), resumable in O(1).
 
 Every epoch the shards are put in a new order and the samples of each shard in a new order, both drawn from
-`(seed, epoch)`; concatenated, they form the epoch's global sequence. Rank r takes the r-th contiguous slice of it,
-so a rank reads only the shards its slice covers (a shard is shared by two ranks at most, at a slice boundary) and
-the ranks' samples are disjoint. Each slice holds the same whole number of optimizer steps on every rank (so
-collectives never desynchronise); the few samples left over at the end of the sequence (fewer than one optimizer
-step's worth per rank) wait for the next epoch, whose order differs. Epochs follow each other without a pause.
+`(seed, epoch)`; concatenated, they form the epoch's global sequence. Optimizer step k of the epoch consumes the
+global batch `sequence[k·B : (k+1)·B]` (B: the global batch size), split among the ranks: rank r takes its
+contiguous `B / world` slice of it, micro-batch after micro-batch. So which samples a step trains on depends on B
+alone, never on the number of processes or the accumulation that make up B: a run resumed on another world size
+(B kept) consumes exactly the samples the uninterrupted run would have, none twice, none skipped (MosaicML
+streaming's elastic resume). A step reads a contiguous stretch of the sequence, so the ranks read one or two shards
+at a time. The few samples left over at the end of the sequence (fewer than B) wait for the next epoch, whose
+order differs. Epochs follow each other without a pause.
 
-Micro-batch g (counted from the start of training, across epochs) is a function of g alone, so the position saved
-in a checkpoint is one integer, and resuming seeks straight to it: no batch is replayed. DataLoader worker w of W
-produces micro-batches g0 + w, g0 + w + W, …, which the DataLoader hands out round robin: the trainer sees the
-same sequence for any number of workers. Workers read samples by index (tar member offsets are read once per
-shard), so any number of shards works with any number of ranks and workers.
+Micro-batch g of a rank (counted from the start of training, across epochs) is a function of g alone, and
+optimizer step k starts at g = k · accumulation, so the position saved in a checkpoint is the step, and resuming
+seeks straight to it: no batch is replayed. DataLoader worker w of W produces micro-batches g0 + w, g0 + w + W, …,
+which the DataLoader hands out round robin: the trainer sees the same sequence for any number of workers. Workers
+read samples by index (tar member offsets are read once per shard), so any number of shards works with any number
+of ranks and workers.
 """
 
 from __future__ import annotations
@@ -153,21 +157,22 @@ class TrainStream(torch.utils.data.IterableDataset):
     def __init__(self, shards: ShardSet, spec: StreamSpec, start: int = 0):
         super().__init__()
         self.shards, self.spec, self.start = shards, spec, start
-        step_samples = spec.micro_batch_size * spec.grad_accum
-        steps = shards.total // spec.world_size // step_samples
+        self.rank_step_samples = spec.micro_batch_size * spec.grad_accum
+        self.global_batch = self.rank_step_samples * spec.world_size
+        steps = shards.total // self.global_batch
         if steps == 0:
-            raise UserError(f"{shards.total} training samples are fewer than one optimizer step on every rank "
-                            f"needs ({spec.world_size} × {step_samples})")
+            raise UserError(f"{shards.total} training samples are fewer than one optimizer step needs (global batch "
+                            f"{self.global_batch})")
         self.steps_per_epoch = steps
         self.batches_per_epoch = steps * spec.grad_accum
-        self.rank_samples = steps * step_samples
 
     def sample_ids(self, g: int) -> list[tuple[int, int]]:
         """(shard, index in shard) of each sample of micro-batch g of this rank."""
-        epoch, k = divmod(g, self.batches_per_epoch)
+        step, accumulated = divmod(g, self.spec.grad_accum)
+        epoch, k = divmod(step, self.steps_per_epoch)
         order, starts = _epoch_order(tuple(self.shards.counts.tolist()), self.spec.seed, epoch)
         mb = self.spec.micro_batch_size
-        first = self.spec.rank * self.rank_samples + k * mb
+        first = k * self.global_batch + self.spec.rank * self.rank_step_samples + accumulated * mb
         out = []
         for p in range(first, first + mb):
             j = int(np.searchsorted(starts, p, side="right") - 1)

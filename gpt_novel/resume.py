@@ -1,0 +1,220 @@
+"""Which checkpoint a run resumes from and whether it may, decided from the checkpoint's JSON files before any
+process group starts or any weights load; and how it resumes on another world size or ZeRO stage.
+
+Why before anything loads: a run directory resumed with another dataset or model shape used to run for a minute and
+die in a 36-line `size mismatch` traceback. Every rank reads the same small JSON files here, so every rank reaches
+the same verdict and rank 0 says it in one line.
+
+Elastic resume: a checkpoint saved with another world size or ZeRO stage is converted by DeepSpeed's own universal
+checkpoint tool (`ds_to_universal`) and loaded with its `load_universal` option; the global batch (and so the data
+order, see `data.stream`) is kept, the gradient accumulation derived for the new world size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from gpt_novel import checkpoint
+from gpt_novel.config import TrainConfig
+from gpt_novel.data.dataset import Dataset
+from gpt_novel.errors import UserError
+
+UNIVERSAL_PREFIX = ".universal-"
+SHAPE = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """A complete checkpoint and what its JSON files say (reading them cannot run code)."""
+
+    path: Path
+    marker: dict
+    state: dict
+    model_config: dict | None
+
+    @classmethod
+    def read(cls, path: Path, marker: dict) -> ResumePoint:
+        try:
+            config = json.loads((path / checkpoint.MODEL_CONFIG).read_text(encoding="utf-8"))
+        except FileNotFoundError:  # saved by an older gpt-novel
+            config = None
+        except (OSError, ValueError) as e:
+            raise UserError(f"checkpoint {path}: {checkpoint.MODEL_CONFIG} is unreadable ({e})") from None
+        try:
+            state = checkpoint.load_state(path)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        return cls(path, marker, state, config)
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+    @property
+    def world_size(self) -> int:
+        return int(self.marker["world_size"])
+
+    @property
+    def global_batch_size(self) -> int:
+        return int(self.marker["global_batch_size"])
+
+    @property
+    def zero_stage(self) -> int | None:
+        """None for a checkpoint saved before the stage was recorded."""
+        return self.state.get("zero_stage")
+
+    def saved_max_steps(self) -> int:
+        """The --max-steps the checkpoint's schedule was planned for."""
+        plan = self.state.get("schedule")
+        if plan:
+            return int(plan["max_steps"])
+        with contextlib.suppress(OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+            return int(yaml.safe_load((self.path / "config.yaml").read_text(encoding="utf-8"))["max_steps"])
+        return self.step
+
+    def elastic(self, world_size: int, zero_stage: int) -> bool:
+        """Whether resuming needs the universal conversion (another world size or ZeRO stage)."""
+        return self.world_size != world_size or self.zero_stage not in (None, zero_stage)
+
+
+def candidate(cfg: TrainConfig, warn=lambda line: None, check=checkpoint.problem) -> ResumePoint | None:
+    """The checkpoint --resume names (auto: the newest usable one), or None for a fresh start. `check` is
+    `checkpoint.problem` (sizes: before any process group) or `checkpoint.verify` (digests, collective: before the
+    load); `warn` tells which newer checkpoints were skipped."""
+    if cfg.resume == "never":
+        return None
+    if cfg.resume == "auto":
+        path = checkpoint.find_latest(cfg.run_dir, warn=warn, check=check)
+        if path is None:
+            return None
+    else:
+        path = Path(cfg.resume)
+    try:
+        marker = checkpoint.check_usable(path, check=check)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return ResumePoint.read(path, marker)
+
+
+def keep_global_batch(point: ResumePoint, cfg: TrainConfig) -> None:
+    """The run's global batch decides its data order: an unset --global-batch-size takes the checkpoint's, another
+    one is refused (before `TrainConfig.validate` derives the accumulation from it)."""
+    if not cfg.global_batch_size:
+        cfg.global_batch_size = point.global_batch_size
+    elif cfg.global_batch_size != point.global_batch_size:
+        raise UserError(f"{point.path} was trained with global batch {point.global_batch_size}; this run asks for "
+                        f"{cfg.global_batch_size}. The global batch decides which samples each step trains on: "
+                        f"resume with --global-batch-size {point.global_batch_size} (or leave it unset), or start a "
+                        "new --run-dir")
+
+
+def check_compatible(point: ResumePoint, cfg: TrainConfig, dataset: Dataset) -> None:
+    """Refuse, naming every change, a resume with another vocabulary, dataset or model shape (cfg validated)."""
+    way_out = "start a new --run-dir"
+    if _folder_digest(point.path / "tokenizer") != _folder_digest(dataset.tokenizer_dir):
+        changes = [f"another vocabulary ({dataset.vocab_size:,} tokens, the checkpoint's "
+                   f"{(point.model_config or {}).get('vocab_size', '?')})"]
+    else:
+        changes = _shape_changes(point, cfg)
+        if point.state.get("data_fingerprint") not in (None, dataset.fingerprint):
+            changes.insert(0, f"another dataset (fingerprint {dataset.fingerprint[:12]}…, the checkpoint's "
+                              f"{point.state['data_fingerprint'][:12]}…)")
+            if len(changes) == 1:
+                way_out += (f", or train its weights on the new data: tools/consolidate.py {cfg.run_dir} HF_DIR, "
+                            "then --init-from HF_DIR with a new --run-dir")
+    if changes:
+        raise UserError(f"--run-dir {cfg.run_dir} holds a run of {point.path.name} that this one cannot resume: "
+                        f"{'; '.join(changes)}. Use the same data and shape, or {way_out}")
+
+
+def _shape_changes(point: ResumePoint, cfg: TrainConfig) -> list[str]:
+    if point.model_config is None:
+        return []
+    asked = {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd, "n_positions": cfg.n_positions}
+    return [f"--{name.replace('_', '-')} {value} (the checkpoint's {point.model_config.get(name)})"
+            for name, value in asked.items() if point.model_config.get(name) != value]
+
+
+def _folder_digest(folder: Path) -> str:
+    """sha256 over a folder's file names and bytes: the vocabulary a dataset was encoded with."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def nothing_to_train(point: ResumePoint, cfg: TrainConfig) -> str | None:
+    """The line that ends a run already at or past --max-steps, or None."""
+    if point.step < cfg.max_steps:
+        return None
+    beyond = "" if point.step == cfg.max_steps else f", beyond --max-steps {cfg.max_steps}"
+    return (f"{cfg.run_dir} has trained {point.step} steps{beyond}: nothing to train (raise --max-steps to train "
+            f"longer; tools/consolidate.py {cfg.run_dir} HF_DIR to use it)")
+
+
+def to_universal(point: ResumePoint, zero_stage: int, shapes: dict[str, tuple[int, ...]], is_main: bool) -> Path:
+    """Rank 0 converts the checkpoint with DeepSpeed's ds_to_universal into RUN_DIR/checkpoints/.universal-step-N/
+    (left for `discard_universal`) for loading at `zero_stage` (`shapes`: the model's parameter shapes); returns
+    the folder whose DS_TAG subfolder DeepSpeed loads. Collective."""
+    from deepspeed.checkpoint import ds_to_universal
+
+    out = point.path.parent / f"{UNIVERSAL_PREFIX}{point.path.name}"
+    if is_main:
+        shutil.rmtree(out, ignore_errors=True)
+        args = argparse.Namespace(input_folder=str(point.path / checkpoint.DS_TAG),
+                                  output_folder=str(out / checkpoint.DS_TAG), num_extract_workers=2,
+                                  num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                  inject_missing_state=True)  # the version key a Megatron client would save
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its chatter
+            ds_to_universal.main(args)
+        _bridge_stages(out / checkpoint.DS_TAG, zero_stage, shapes)
+    checkpoint.barrier()
+    return out
+
+
+def _bridge_stages(folder: Path, zero_stage: int, shapes: dict[str, tuple[int, ...]]) -> None:
+    """DeepSpeed's universal checkpoints come in two dialects: ds_to_universal writes a ZeRO-1/2 checkpoint's
+    parameters as {param, cat_dim} with a step.pt each and a flat optimizer_state.pt, a ZeRO-3 checkpoint's as flat
+    tensors with the Adam step inside optimizer_state.pt's optimizer_state_dict; and each stage's loader reads only
+    its own dialect and model-states file name. Neither tool crosses between stage 3 and stages 1/2, so this adds
+    what the loading stage looks for (the same tensors, reshaped or renamed; nothing recomputed)."""
+    import torch
+
+    zero = folder / "zero"
+    optim = torch.load(zero / "optimizer_state.pt", weights_only=False)  # written just now by ds_to_universal
+    saved_stage3 = "optimizer_state_dict" in optim
+    if (zero_stage == 3) == saved_stage3:
+        return
+    saved = sorted(folder.glob("*model_states.pt"))[0]
+    wanted = "zero_pp_rank_0_mp_rank_00_model_states.pt" if zero_stage == 3 else "mp_rank_00_model_states.pt"
+    (folder / wanted).hardlink_to(saved)  # a universal load reads only metadata from it
+    if zero_stage == 3:
+        step = torch.load(next(zero.glob("*/step.pt")), weights_only=False)
+        optim["optimizer_state_dict"] = {"state": {0: {"step": step}}, "param_groups": optim["param_groups"]}
+    else:
+        import deepspeed
+
+        step = optim["optimizer_state_dict"]["state"][0]["step"]
+        optim.setdefault("ds_version", deepspeed.__version__)
+        for name, shape in shapes.items():
+            for key in ("fp32", "exp_avg", "exp_avg_sq"):
+                flat = torch.load(zero / name / f"{key}.pt", weights_only=False)
+                torch.save({"param": flat.view(shape), "cat_dim": 0}, zero / name / f"{key}.pt")
+            torch.save(step, zero / name / "step.pt")
+    torch.save(optim, zero / "optimizer_state.pt")
+
+
+def discard_universal(folder: Path, is_main: bool) -> None:
+    """Remove a converted checkpoint once every rank has loaded it. Collective."""
+    checkpoint.barrier()
+    if is_main:
+        shutil.rmtree(folder, ignore_errors=True)
