@@ -17,8 +17,10 @@ came from you (see the README).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import logging
 import os
 import random
 import shutil
@@ -254,11 +256,26 @@ def load(engine, path: Path, universal: Path | None = None) -> dict:
     """Load weights, optimizer and DeepSpeed state into the engine (from `universal`, the checkpoint converted by
     `resume.to_universal`, when given); return the trainer state. Collective. Call it on a verified checkpoint only:
     DeepSpeed unpickles its files."""
-    load_path, _ = engine.load_checkpoint(str(universal or path), tag=DS_TAG, load_optimizer_states=True,
-                                          load_lr_scheduler_states=False)
+    with _deepspeed_quiet(universal is not None):  # "MPU is not provided" on every rank: we have no tensor parallel
+        load_path, _ = engine.load_checkpoint(str(universal or path), tag=DS_TAG, load_optimizer_states=True,
+                                              load_lr_scheduler_states=False)
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load {path}")
     return load_state(path)
+
+
+@contextlib.contextmanager
+def _deepspeed_quiet(quiet: bool):
+    """DeepSpeed's logger at ERROR inside the block when `quiet`."""
+    from deepspeed.utils import logger
+
+    level = logger.level
+    if quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def load_state(path: Path) -> dict:

@@ -132,8 +132,8 @@ def check_compatible(point: ResumePoint, cfg: TrainConfig, dataset: Dataset) -> 
                 way_out += (f", or train its weights on the new data: tools/consolidate.py {cfg.run_dir} HF_DIR, "
                             "then --init-from HF_DIR with a new --run-dir")
     if changes:
-        raise UserError(f"--run-dir {cfg.run_dir} holds a run of {point.path.name} that this one cannot resume: "
-                        f"{'; '.join(changes)}. Use the same data and shape, or {way_out}")
+        raise UserError(f"cannot resume {point.path} with {'; '.join(changes)}. Use the same data and shape, or "
+                        f"{way_out}")
 
 
 def _shape_changes(point: ResumePoint, cfg: TrainConfig) -> list[str]:

@@ -111,16 +111,6 @@ def test_corrupt_newest_checkpoint_is_skipped(data, reference, tmp_path):
     assert train_lines(run_dir) == train_lines(reference[2])
 
 
-def test_changed_world_size_is_refused(data, reference, tmp_path):
-    import shutil
-
-    run_dir = tmp_path / "run"
-    shutil.copytree(reference[2], run_dir)
-    result = run_command(train_command(data, run_dir, 2, 1, "--max-steps", str(STEPS + 6)))
-    assert result.returncode != 0
-    assert "was saved with world size 2" in result.stderr and "this run has 1" in result.stderr
-
-
 def test_bad_config_is_refused_before_launch(data, tmp_path):
     start = time.time()
     result = run_command(train_command(data, tmp_path / "run", 2, 2, "--n-embd", "130"))
