@@ -7,6 +7,7 @@ and global batch): the losses must be equal bit for bit.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -36,11 +37,11 @@ def _slurm_up() -> bool:
 needs_slurm = pytest.mark.skipif(not _slurm_up(), reason="no local Slurm with 2 nodes (tests/slurm/start_slurm.sh)")
 
 
-def _submit(data: Path, run_dir: Path, log: Path) -> str:
+def _submit(data: Path, run_dir: Path, log: Path, *options: str, nodes: int = 2, extra: tuple[str, ...] = ()) -> str:
     env = dict(train_env(), PRESET="tiny", DATA=str(data), RUN_DIR=str(run_dir), PROCS_PER_NODE="1",
                DS_CONFIG=str(ROOT / "ds_configs" / "zero2.json"), REPO=str(ROOT), PYTHON=sys.executable)
-    cmd = ["sbatch", "--parsable", "--nodes", "2", "--gpus-per-node", "0", "--cpus-per-task", "1",
-           "--output", str(log), str(ROOT / "slurm" / "train.sh"), *COMMON[2:]]
+    cmd = ["sbatch", "--parsable", "--nodes", str(nodes), "--gpus-per-node", "0", "--cpus-per-task", "1", *options,
+           "--output", str(log), str(ROOT / "slurm" / "train.sh"), *COMMON[2:], *extra]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().split(";")[0]
@@ -92,6 +93,50 @@ def test_usr1_checkpoints_requeues_and_resumes_exactly(train_data, zero_runs, tm
     assert "restart 1" in text and "resuming from " + str(run_dir) in text
     assert "training finished" in text
     assert train_lines(run_dir) == train_lines(zero_runs[2])
+
+
+def _wait_for_step(run_dir: Path, step: int, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and f'"step": {step},' in metrics.read_text():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"step {step} not reached")
+
+
+def _expected_samples(data: Path, steps: int) -> dict[int, list[tuple[int, int]]]:
+    """What each step of the uninterrupted 2-process run trains on (COMMON: micro batch 4 × accumulation 2)."""
+    from gpt_novel.config import train_config
+    from gpt_novel.data.dataset import Dataset
+    from gpt_novel.data.stream import ShardSet, StreamSpec, TrainStream
+
+    shards, seed = ShardSet.load(Dataset.load(data), "train"), train_config(["--config", "tiny"]).seed
+    streams = [TrainStream(shards, StreamSpec(seed, rank, 2, 4, 2)) for rank in (0, 1)]
+    return {k: sorted(pair for s in streams for g in (2 * k - 2, 2 * k - 1) for pair in s.sample_ids(g))
+            for k in range(1, steps + 1)}
+
+
+@needs_slurm
+def test_a_job_stopped_on_two_nodes_resumes_on_one_with_the_same_samples(train_data, tmp_path):
+    run_dir = tmp_path / "run"
+    job = _submit(train_data, run_dir, tmp_path / "first.out", "--no-requeue", extra=("--log-samples",))
+    _wait_for_step(run_dir, 9)  # after the step-6 checkpoint
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, timeout=10)
+    _wait_for(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=400)
+    first = (tmp_path / "first.out").read_text()
+    assert "trainer exited with status 75" in first, first[-3000:]  # --no-requeue: scontrol requeue refused
+    job = _submit(train_data, run_dir, tmp_path / "second.out", nodes=1, extra=("--log-samples",))
+    state = _wait_for(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=400)
+    second = (tmp_path / "second.out").read_text()
+    assert state == "COMPLETED", second[-3000:]
+    assert "(1 × 1 processes)" in second and "saved on 2 processes, ZeRO-2, converted" in second
+    steps: dict[int, list] = {}
+    for log in run_dir.glob("samples-rank*.jsonl"):
+        for record in map(json.loads, log.read_text().splitlines()):
+            steps.setdefault(record["step"], []).extend(map(tuple, record["samples"]))
+    assert {k: sorted(v) for k, v in steps.items()} == _expected_samples(train_data, int(COMMON[COMMON.index(
+        "--max-steps") + 1]))
 
 
 def test_torchrun_two_launchers_on_loopback(train_data, zero_runs, tmp_path):
