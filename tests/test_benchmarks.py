@@ -81,3 +81,17 @@ def test_prepare_benchmark_copies_keep_characters_and_headings_and_differ():
         assert v[:2] == "\u3000\u3000" and v[-1] == "\r" and Counter(v) == Counter(line)  # blanks stay in place
     for kept in ("第二章 桥下浮尸", "“是。”", "短短的一句话"):
         assert variant(kept, 5) == kept  # headings, and lines too short to be taken for boilerplate
+
+
+@pytest.mark.slow
+def test_resume_benchmark_prints_its_report(tmp_path):
+    """Run with the tiny preset in place of small, which takes minutes."""
+    spec = importlib.util.spec_from_file_location("bench_resume", ROOT / "benchmarks" / "resume.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.COMMON[bench.COMMON.index("small")] = "tiny"
+    report = bench.run(type("Args", (), {"corpus": SAMPLE_DIR, "steps": 2})(), tmp_path)
+    assert report["preset"] == "tiny" and report["checkpoint_mb"] > 0 and report["resumed_at_step"] == 2
+    for layout in bench.LAYOUTS:
+        assert report[layout]["convert_and_load_seconds"] > 0
+        assert 0 <= report[layout]["max_loss_difference"] < 1e-2
