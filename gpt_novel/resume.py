@@ -69,8 +69,11 @@ class ResumePoint:
 
     @property
     def zero_stage(self) -> int | None:
-        """None for a checkpoint saved before the stage was recorded."""
-        return self.state.get("zero_stage")
+        """The ZeRO stage it was saved with; for one saved before the stage was recorded, 3 or (stages 1 and 2
+        write the same files) None."""
+        if "zero_stage" in self.state:
+            return int(self.state["zero_stage"])
+        return 3 if (self.path / checkpoint.DS_TAG / "zero_pp_rank_0_mp_rank_00_model_states.pt").exists() else None
 
     def saved_max_steps(self) -> int:
         """The --max-steps the checkpoint's schedule was planned for."""
@@ -83,7 +86,8 @@ class ResumePoint:
 
     def elastic(self, world_size: int, zero_stage: int) -> bool:
         """Whether resuming needs the universal conversion (another world size or ZeRO stage)."""
-        return self.world_size != world_size or self.zero_stage not in (None, zero_stage)
+        saved = self.zero_stage
+        return self.world_size != world_size or (saved != zero_stage if saved is not None else zero_stage == 3)
 
 
 def candidate(cfg: TrainConfig, warn=lambda line: None, check=checkpoint.problem) -> ResumePoint | None:

@@ -5,11 +5,12 @@
     torchrun --nproc_per_node 2 -m gpt_novel.train --config tiny --data data/ --run-dir runs/tiny
     gpt-novel train --config tiny --data data/ --run-dir runs/tiny          # one process
 
-Rerunning the same command resumes from the newest complete checkpoint. Exit status: 0 when max_steps is reached
-(RUN_DIR/DONE is written), 75 after SIGTERM/SIGUSR1 or when RUN_DIR/STOP appears (the step in flight finished and a
-checkpoint was saved: run the command again to go on), 1 when training stopped on non-finite losses (the last good
-checkpoint is kept), 2 for a bad config. The STOP file is how a batch script stops the trainer without signalling the
-launchers (slurm/train.sh); the trainer removes it once the checkpoint is saved.
+Rerunning the same command resumes from the newest complete checkpoint, also with another number of processes or
+ZeRO stage (`resume.py`) or another --max-steps (`schedule.py`). Exit status: 0 when max_steps is reached (RUN_DIR/DONE
+is written) or was reached before, 75 after SIGTERM/SIGUSR1 or when RUN_DIR/STOP appears (the step in flight finished
+and a checkpoint was saved: run the command again to go on), 1 when training stopped on non-finite losses (the last
+good checkpoint is kept), 2 for a bad config. The STOP file is how a batch script stops the trainer without
+signalling the launchers (slurm/train.sh); the trainer removes it once the checkpoint is saved.
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ class Trainer:
                f"{f', ZeRO-{point.zero_stage}' if point.zero_stage is not None else ''}, converted to a DeepSpeed "
                f"universal checkpoint and loaded in {time.time() - started:.1f} s" if elastic else "")
         self._say(f"resumed from {point.path} (step {state['step']}, {state['tokens']:,} tokens{how})")
-        if self.schedule != state.get("schedule", self.schedule):
+        if self.schedule["max_steps"] != point.saved_max_steps():
             self._say(f"--max-steps {self.cfg.max_steps} (the checkpoint planned {point.saved_max_steps()}): the "
                       "learning rate decays from its current value to --min-lr at the new last step")
         return state

@@ -111,7 +111,7 @@ def _saved(zero: Path, name: str, key: str) -> torch.Tensor:
     return (value["param"] if isinstance(value, dict) else value).reshape(-1)
 
 
-@pytest.mark.parametrize(("source", "nproc", "stage"), [("zero2", 3, 3), ("zero3", 1, 1)])
+@pytest.mark.parametrize(("source", "nproc", "stage"), [("zero2", 3, 3), ("zero3", 1, 1), ("zero2", 1, "3_offload")])
 def test_master_weights_and_adam_moments_survive_the_change(reference, zero_runs, tmp_path, source, nproc, stage):
     ckpt = (reference / "checkpoints" / f"step-{CUT:08d}" if source == "zero2"
             else zero_runs[3] / "checkpoints" / "step-00000012")
