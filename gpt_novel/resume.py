@@ -109,9 +109,15 @@ def candidate(cfg: TrainConfig, warn=lambda line: None, check=checkpoint.problem
     return ResumePoint.read(path, marker)
 
 
-def keep_global_batch(point: ResumePoint, cfg: TrainConfig) -> None:
+def keep_global_batch(point: ResumePoint, cfg: TrainConfig, world_size: int) -> None:
     """The run's global batch decides its data order: an unset --global-batch-size takes the checkpoint's, another
     one is refused (before `TrainConfig.validate` derives the accumulation from it)."""
+    per_pass = cfg.micro_batch_size * world_size
+    if not cfg.global_batch_size and per_pass > 0 and point.global_batch_size % per_pass:
+        raise UserError(f"{point.path} was trained with global batch {point.global_batch_size}, which --micro-batch-"
+                        f"size {cfg.micro_batch_size} × {world_size} process{'es' if world_size > 1 else ''} does "
+                        f"not divide: choose a micro batch size that divides {point.global_batch_size}, or start a "
+                        "new --run-dir")
     if not cfg.global_batch_size:
         cfg.global_batch_size = point.global_batch_size
     elif cfg.global_batch_size != point.global_batch_size:

@@ -97,7 +97,7 @@ def _check_resume(cfg: TrainConfig, dataset: Dataset, world: int) -> str | None:
     dataset, vocabulary or shape is refused); returns the line that ends a run with nothing left to train."""
     point = resume.candidate(cfg)
     if point is not None:
-        resume.keep_global_batch(point, cfg)
+        resume.keep_global_batch(point, cfg, world)
     cfg.validate(world, dataset)
     if point is None:
         return None

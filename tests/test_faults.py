@@ -20,10 +20,12 @@ import pytest
 from conftest import (
     COMMON,
     ROOT,
+    SAMPLE_DIR,
     STEPS,
     assert_no_leftovers,
     leftovers,
     run_command,
+    run_prepare,
     train_command,
     train_env,
     train_lines,
@@ -60,12 +62,12 @@ def error_lines(text: str) -> list[str]:
 
 
 def rank_only_shard(data: Path, rank: int, steps: int) -> str:
-    """A train shard that `rank` reads in its first micro-batch and the other rank not in its first `steps` steps
-    (it prefetches a few micro-batches before it waits for rank 1 in the first all-reduce)."""
+    """A train shard that `rank` reads in its first two optimizer steps and the other rank not in its first `steps`
+    (it prefetches a few micro-batches before it waits for `rank` in an all-reduce)."""
     shards = ShardSet.load(Dataset.load(data), "train")
     streams = [TrainStream(shards, StreamSpec(1234, r, 2, 4, 2)) for r in (0, 1)]
     others = {s for g in range(steps * 2) for s, _ in streams[1 - rank].sample_ids(g)}
-    mine = [s for s, _ in streams[rank].sample_ids(0) if s not in others]
+    mine = [s for g in range(4) for s, _ in streams[rank].sample_ids(g) if s not in others]
     assert mine, "no shard read by one rank only"
     return str(shards.paths[mine[0]].relative_to(data))
 
@@ -101,10 +103,20 @@ def damage(data: Path, rel: str, how: str) -> str:
     return "holds token id 65000, beyond the vocabulary"
 
 
+@pytest.fixture(scope="module")
+def small_shards(tmp_path_factory, cache_dir) -> Path:
+    """Shards of two or three samples: the ranks split every global batch, so a shard that one rank reads and the
+    other not needs shards shorter than a rank's share of a step (8 samples)."""
+    out = tmp_path_factory.mktemp("small-shards") / "data"
+    assert run_prepare([SAMPLE_DIR], out, cache_dir, "--seq-len", "32", "--shard-size", "2KB",
+                       "--val-ratio", "0.2") == 0
+    return out
+
+
 @pytest.mark.parametrize("how", ["deleted", "truncated", "altered", "out-of-vocabulary"])
-def test_a_damaged_shard_on_rank_1_only_ends_every_rank(train_data, tmp_path, how):
+def test_a_damaged_shard_on_rank_1_only_ends_every_rank(small_shards, tmp_path, how):
     data = tmp_path / "data"
-    shutil.copytree(train_data, data)
+    shutil.copytree(small_shards, data)
     rel = rank_only_shard(data, rank=1, steps=6)  # rank 0 gets no further
     expected = damage(data, rel, how)
     run_dir = tmp_path / "run"
