@@ -194,6 +194,15 @@ def leftovers(marker: str) -> list[str]:
     return found
 
 
+def kill_job(marker: str) -> None:
+    """SIGKILL every process of a run at once (launcher, ranks, DataLoader workers), as a crash of its machine
+    would: killing the launcher alone leaves its ranks ~2 s (until their watchdog finds its store gone), in which
+    a tiny run can train to its end and leave nothing to resume."""
+    for line in leftovers(marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
+
+
 def assert_no_leftovers(marker: str, timeout: float = 5) -> None:
     deadline = time.time() + timeout
     while leftovers(marker) and time.time() < deadline:

@@ -215,6 +215,20 @@ def test_two_trainers_on_one_run_dir(train_data, zero_runs, tmp_path):
     assert not (run_dir / ".lock").exists()
 
 
+def test_a_sigkilled_launcher_takes_its_ranks_and_workers_with_it(train_data, tmp_path):
+    from test_train import _start, _wait_for_step
+
+    run_dir = tmp_path / "run"
+    proc = _start(train_command(train_data, run_dir, 2, 2, "--max-steps", "100000"), tmp_path / "log")
+    _wait_for_step(run_dir, proc, 3)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun's ranks run in sessions of their own: this reaches the agent only
+    proc.wait(timeout=60)
+    started = time.time()
+    assert_no_leftovers(str(run_dir), timeout=10)
+    assert time.time() - started < 10
+    assert "the launcher is gone (its store does not answer); stopping" in (tmp_path / "log").read_text()
+
+
 @pytest.mark.parametrize("how", ["SIGTERM to gpt-novel launch", "SIGTERM to torchrun", "SIGTERM to rank 1",
                                  "STOP file"])
 def test_a_graceful_stop_reaches_the_caller_as_75(train_data, tmp_path, how):

@@ -19,6 +19,7 @@ from conftest import (
     SAMPLE_DIR,
     assert_folder_logits_equal_the_engines,
     assert_no_leftovers,
+    kill_job,
     run_command,
     run_prepare,
     train_lines,
@@ -245,16 +246,13 @@ def test_finetuned_folder_has_the_pretrained_tokenizer_and_the_engines_logits(be
 
 @pytest.mark.slow
 def test_init_from_run_resumes_exactly(bert_folder, bert_data, finetuned, tmp_path):
-    import os
-    import signal
-
     from test_train import _start, _wait_for_step
 
     run_dir = tmp_path / "run"
     cmd = _finetune_command(bert_data, bert_folder, run_dir, 2)
     proc = _start(cmd, tmp_path / "first.log")
     _wait_for_step(run_dir, proc, 8)
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_job(str(run_dir))
     proc.wait(timeout=120)
     assert_no_leftovers(str(run_dir), timeout=10)
     result = run_command(cmd)
