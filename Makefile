@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch is pinned and installed first: its CPU wheel is what this pin resolves to on machines without CUDA.
 TORCH  := torch==2.13.0
 
-.PHONY: install test test-fast lint demo bench clean
+.PHONY: install test test-fast lint demo bench gpu-check gpu-bundle clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,15 @@ bench: install
 	$(BIN)/python benchmarks/prepare.py
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/sample.py
+
+# The GPU check (issue 14): on a GPU the small preset at seq len 1024 against a bare loop, resume, sampling; without
+# one the same code on the CPU with a tiny model. JSON on stdout and in gpu-check.json.
+gpu-check: install
+	$(BIN)/python benchmarks/gpu.py --json gpu-check.json
+
+# What a GPU machine without network needs for the check (wheels, a character-vocabulary dataset): gpu-bundle/
+gpu-bundle: install
+	bash benchmarks/gpu_bundle.sh gpu-bundle
 
 clean:
 	rm -rf demo .pytest_cache

@@ -1,8 +1,9 @@
 """Benchmark generation: tools/sample.py's path against a bare `model.generate` and a loop without KV cache.
 
-usage: python benchmarks/sample.py [--model HF_DIR] [--max-new-tokens N] [--repeats R]
+usage: python benchmarks/sample.py [--model HF_DIR] [--max-new-tokens N] [--repeats R] [--batch B]
 
-Same model, prompt, seed and sampling settings for all three. `sample.py`'s path includes encoding the prompt with
+Same model, prompt, seed and sampling settings for all three; --batch B drafts at once (tools/sample.py
+--num-samples B; tokens/s count every draft's tokens). `sample.py`'s path includes encoding the prompt with
 thulac (its model load is warmed up first) and decoding; the bare call gets the ids ready-made; the third is
 `generate(use_cache=False)`, which recomputes the whole prefix at every token. Without --model an untrained GPT-2
 (4 layers, 256 dims, 512 positions) on the sample's tokenizer is used. Target (issue 4): ≥ 0.9 × bare generate.
@@ -59,15 +60,16 @@ def main() -> None:
     parser.add_argument("--model", type=Path)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=1, help="drafts generated together")
     args = parser.parse_args()
     from gpt_novel.generate import SamplingOptions, continue_text, generation_kwargs, load, prompt_ids
 
     with tempfile.TemporaryDirectory() as tmp:
         model, vocab = load(args.model or _model_dir(Path(tmp)))
     prompt = "青石镇一连下了七天的雨。沈砚推开客栈的门，"
-    options = SamplingOptions(max_new_tokens=args.max_new_tokens, seed=1)
-    ids = prompt_ids(vocab, prompt, options, model.config.n_positions)  # also loads thulac once
-    batch = torch.tensor([ids], device=model.device)
+    options = SamplingOptions(max_new_tokens=args.max_new_tokens, seed=1, num_samples=args.batch)
+    ids = prompt_ids(vocab, prompt, options, model.config.n_positions)  # also loads thulac (word vocabulary) once
+    batch = torch.tensor([ids] * args.batch, device=model.device)
     common = dict(attention_mask=torch.ones_like(batch), **generation_kwargs(vocab, options))
 
     def bare(use_cache: bool) -> torch.Tensor:
@@ -75,12 +77,13 @@ def main() -> None:
         with torch.no_grad():
             return model.generate(batch, use_cache=use_cache, **common)
 
-    new_tokens = bare(True).shape[1] - len(ids)  # the same seed gives the same tokens on every path
+    new_tokens = (bare(True).shape[1] - len(ids)) * args.batch  # the same seed: the same tokens on every path
     ours = _timed(lambda: continue_text((model, vocab), prompt, options), args.repeats)
     plain = _timed(lambda: bare(True), args.repeats)
     no_cache = _timed(lambda: bare(False), args.repeats)
     print(json.dumps({
-        "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""), "new_tokens": new_tokens,
+        "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""), "batch": args.batch,
+        "new_tokens": new_tokens,
         "sample_py_tokens_per_s": round(new_tokens / ours, 1),
         "bare_generate_tokens_per_s": round(new_tokens / plain, 1),
         "no_kv_cache_tokens_per_s": round(new_tokens / no_cache, 1), "ratio_to_bare": round(plain / ours, 3),

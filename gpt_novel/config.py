@@ -285,6 +285,8 @@ class TrainConfig:
     """recompute activations in backward: less memory, same gradients"""
     compile: bool = False
     """torch.compile the model (inductor)"""
+    deterministic: bool = False
+    """deterministic CUDA kernels, so a resumed run repeats an uninterrupted one bit for bit on a GPU (slower)"""
     # optimisation
     max_steps: int = 200
     """optimizer steps to train; raise it and rerun to train longer"""

@@ -161,18 +161,13 @@ def stage_of(ds_config: dict) -> int:
     return int(ds_config.get("zero_optimization", {}).get("stage", 0))
 
 
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+def all_reduce_sum(values: list, device: torch.device) -> list[float]:
+    """Sum values across ranks in one all-reduce: host numbers and device tensors alike (a loss not yet read), so
+    a step needs one collective and one host sync for all of them."""
+    t = torch.stack([torch.as_tensor(v, device=device).to(torch.float64) for v in values])
     if dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
-
-
-def any_rank(flag: bool, device: torch.device) -> bool:
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
 
 
 def shutdown() -> None:

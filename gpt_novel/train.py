@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import random
 import signal
@@ -40,19 +41,32 @@ from gpt_novel.model import build_model, count_params, heldout_metrics, heldout_
 EXIT_PREEMPTED = 75
 EXIT_BAD_STEPS = 1
 STOP_FILE = "STOP"
+STOP_POLL_S = 2.0
 DONE_FILE = "DONE"
 
 
 class _StopRequest:
-    """SIGTERM / SIGUSR1 set a flag; the loop finishes its optimizer step, saves and exits."""
+    """SIGTERM / SIGUSR1 set a flag, RUN_DIR/STOP is looked for at most every STOP_POLL_S seconds (a file system call
+    per step costs on a GPU, more so on a network file system); the loop finishes its optimizer step, saves and
+    exits once any rank has seen either (the ranks agree in the step's one all-reduce)."""
 
-    def __init__(self):
+    def __init__(self, stop_file: Path, poll_s: float = STOP_POLL_S):
         self.signal: int | None = None
+        self.stop_file, self.poll_s, self._polled = stop_file, poll_s, -math.inf
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
         self.signal = signum
+
+    def requested(self) -> bool:
+        if self.signal is not None:
+            return True
+        now = time.monotonic()
+        if now - self._polled < self.poll_s:
+            return False
+        self._polled = now
+        return self.stop_file.exists()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +141,8 @@ class Trainer:
         self.cfg, self.dataset = cfg, dataset
         self.accelerator = parallel.make_accelerator(cfg)
         watchdog.watch()
-        self.stop = _StopRequest()  # only now: until here a launcher's SIGTERM ends the process as by default
+        self.stop = _StopRequest(Path(cfg.run_dir) / STOP_FILE)  # only now: until here a launcher's SIGTERM ends
+        # the process as by default
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
         self.run_dir = Path(cfg.run_dir)
@@ -135,6 +150,7 @@ class Trainer:
         self.is_main = self.rank == 0
         _quiet_deepspeed()
         # --- the model, the same initial weights on every rank -------------------------------------------------
+        _deterministic(cfg.deterministic)
         _seed_everything(cfg.seed)
         model = build_model(cfg, self.vocab)
         self.n_params = count_params(model)
@@ -204,7 +220,7 @@ class Trainer:
         train = ShardSet.load(self.dataset, "train")
         spec = StreamSpec(cfg.seed, self.rank, self.world, cfg.micro_batch_size, cfg.grad_accum)
         stream = TrainStream(train, spec, start=state["step"] * cfg.grad_accum)
-        batches = iter(make_loader(stream, cfg.num_workers))
+        batches = iter(make_loader(stream, cfg.num_workers, pin_memory=self.device.type == "cuda"))
         self._restore_rng(state["step"])  # after the DataLoader iterator exists: creating it must not shift the RNG
         if self.is_main and state["step"] == 0:
             self._say(f"{self.n_params / 1e6:.1f}M parameters on {self.device.type}, ZeRO-{self.zero_stage}, world "
@@ -241,7 +257,9 @@ class Trainer:
             (self.run_dir / DONE_FILE).unlink(missing_ok=True)  # a run resumed with a larger max_steps
         while state["step"] < cfg.max_steps:
             t0 = time.time()
-            loss, lr, waited = self._optimizer_step(batches)
+            loss_sum, lr, waited = self._optimizer_step(batches)
+            loss_sum, stop_votes = parallel.all_reduce_sum([loss_sum, self.stop.requested()], self.device)
+            loss, preempted = loss_sum / (cfg.grad_accum * self.world), stop_votes > 0
             step = state["step"] + 1
             record(step)
             state["tokens"] += cfg.global_batch_size * self.seq_len
@@ -260,25 +278,24 @@ class Trainer:
             val_loss = self._evaluate(log, step, state["tokens"]) if evaluating else None
             if step % cfg.sample_every == 0 or step == cfg.max_steps:
                 self._sample(log, step)
-            stop_file = self.run_dir / STOP_FILE
-            preempted = parallel.any_rank(self.stop.signal is not None or stop_file.exists(), self.device)
             periodic = step % cfg.save_every == 0 and bad_in_a_row == 0  # never a checkpoint after a bad step
             if periodic or step == cfg.max_steps or preempted:
                 self._save(log, step, state, started, val_loss)
             if preempted:
                 if self.is_main:
-                    stop_file.unlink(missing_ok=True)
+                    self.stop.stop_file.unlink(missing_ok=True)
                 self._say(f"stop requested (signal or {STOP_FILE} file) after step {step}; checkpoint saved; rerun "
                           "the same command to resume", log)
                 return EXIT_PREEMPTED
         return 0
 
-    def _optimizer_step(self, batches) -> tuple[float, float, float]:
+    def _optimizer_step(self, batches) -> tuple[torch.Tensor, float, float]:
         """grad_accum micro-batches forward/backward, one optimizer update (DeepSpeed clips and steps at the
-        accumulation boundary); returns the mean loss over all ranks, the learning rate the update used and the
-        seconds spent waiting for data."""
+        accumulation boundary); returns this rank's summed loss, still on the device (no host sync per micro-batch:
+        it is read once per step, with the stop vote), the learning rate the update used and the seconds spent
+        waiting for data."""
         self.engine.train()
-        total, waited = 0.0, 0.0
+        total, waited = torch.zeros((), dtype=torch.float64, device=self.device), 0.0
         lr = self.scheduler.get_last_lr()[0]
         for _ in range(self.cfg.grad_accum):
             t = time.time()
@@ -288,10 +305,9 @@ class Trainer:
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
             self.engine.backward(loss)
             self.engine.step()
-            total += loss.item()
+            total += loss.detach()
         self.scheduler.step()
-        loss_sum, = parallel.all_reduce_sum([total], self.device)
-        return loss_sum / (self.cfg.grad_accum * self.world), lr, waited
+        return total, lr, waited
 
     def _log_step(self, log: metrics.Metrics, step: int, loss: float, lr: float, state: dict, seconds: float,
                   waited: float, elapsed: float) -> None:
@@ -381,6 +397,17 @@ def _sample_record(enabled: bool, run_dir: Path, rank: int, stream: TrainStream)
             out.write(json.dumps({"step": step, "samples": ids}) + "\n")
 
         yield record
+
+
+def _deterministic(on: bool) -> None:
+    """--deterministic: CUDA kernels that give the same bits every run (cuBLAS with a fixed workspace, no cuDNN
+    autotuning, torch's deterministic algorithms; an op without one warns instead of failing), so that a resumed run
+    repeats an uninterrupted one exactly on a GPU too, at some cost in speed. The CPU is deterministic already."""
+    if not on:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before the first matmul
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def _seed_everything(seed: int) -> None:

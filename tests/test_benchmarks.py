@@ -95,3 +95,29 @@ def test_resume_benchmark_prints_its_report(tmp_path):
     for layout in bench.LAYOUTS:
         assert report[layout]["convert_and_load_seconds"] > 0
         assert 0 <= report[layout]["max_loss_difference"] < 1e-2
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_on_the_cpu_without_thulac(tmp_path):
+    """benchmarks/gpu.py in its CPU form, where thulac cannot be imported (as on the GPU machine, which lacks it)."""
+    shim = tmp_path / "no-thulac"
+    shim.mkdir()
+    (shim / "thulac.py").write_text('raise ImportError("the GPU check must not need thulac")\n', encoding="utf-8")
+    out = tmp_path / "gpu.json"
+    done = subprocess.run([sys.executable, "benchmarks/gpu.py", "--json", str(out), "--work", str(tmp_path / "work")],
+                          cwd=ROOT, env={**train_env(), "PYTHONPATH": str(shim)}, capture_output=True, text=True,
+                          timeout=1200)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report == json.loads(done.stdout)
+    assert report["device"] == "cpu" and report["thulac_imported"] is False
+    for run in (report["trainer"], report["bare"], report["compiled"]["trainer"]):
+        assert run["tokens_per_s"] > 0 and 0 <= run["data_wait_fraction"] < 1
+    assert report["ratio"] == pytest.approx(report["trainer"]["tokens_per_s"] / report["bare"]["tokens_per_s"],
+                                            abs=2e-3)
+    assert any("scaled_dot_product" in op for op in report["sdpa_kernels"])
+    assert any("scaled_dot_product" in op for op in report["compiled"]["sdpa_kernels"])
+    for how in ("deterministic", "default"):  # a CPU is deterministic either way
+        assert report["resume"][how] == {"bitwise_equal": True, "max_loss_difference": 0.0}
+    for batch in ("batch_1", "batch_8"):
+        assert report["sample"][batch]["sample_py_tokens_per_s"] > 0

@@ -222,22 +222,24 @@ class _Failure:
 
 
 class _Tensors:
-    """The DataLoader's arrays as LongTensors (a view, no copy), converted in the trainer's process."""
+    """The DataLoader's arrays as LongTensors, converted in the trainer's process (a view, no copy; pinned: one copy
+    into page-locked memory). The DataLoader's own pin_memory does not apply: its workers hand out arrays."""
 
-    def __init__(self, loader: torch.utils.data.DataLoader):
-        self.loader = loader
+    def __init__(self, pin: bool, loader: torch.utils.data.DataLoader):
+        self.pin, self.loader = pin, loader
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         for rows in self.loader:
             if isinstance(rows, _Failure):
                 raise UserError(rows.message)
-            yield torch.from_numpy(rows)
+            yield torch.from_numpy(rows).pin_memory() if self.pin else torch.from_numpy(rows)
 
 
-def make_loader(stream: TrainStream, num_workers: int) -> _Tensors:
+def make_loader(stream: TrainStream, num_workers: int, pin_memory: bool = False) -> _Tensors:
     """Micro-batch tensors from a DataLoader over the stream. The DataLoader has its own RNG, so creating it does not
-    draw from the global torch RNG. No pinned memory: a micro-batch of token ids is a few hundred kB at most."""
-    return _Tensors(torch.utils.data.DataLoader(
+    draw from the global torch RNG. `pin_memory` (for a CUDA device): each batch lands in page-locked memory, so its
+    copy to the device runs asynchronously (`non_blocking=True`) instead of as a host sync."""
+    return _Tensors(pin_memory, torch.utils.data.DataLoader(
         stream,
         batch_size=None,
         collate_fn=_as_is,
