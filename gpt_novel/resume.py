@@ -110,21 +110,20 @@ def candidate(cfg: TrainConfig, warn=lambda line: None, check=checkpoint.problem
 
 
 def keep_global_batch(point: ResumePoint, cfg: TrainConfig, world_size: int) -> None:
-    """The run's global batch decides its data order: an unset --global-batch-size takes the checkpoint's, another
-    one is refused (before `TrainConfig.validate` derives the accumulation from it)."""
-    per_pass = cfg.micro_batch_size * world_size
-    if not cfg.global_batch_size and per_pass > 0 and point.global_batch_size % per_pass:
-        raise UserError(f"{point.path} was trained with global batch {point.global_batch_size}, which --micro-batch-"
-                        f"size {cfg.micro_batch_size} × {world_size} process{'es' if world_size > 1 else ''} does "
-                        f"not divide: choose a micro batch size that divides {point.global_batch_size}, or start a "
-                        "new --run-dir")
-    if not cfg.global_batch_size:
-        cfg.global_batch_size = point.global_batch_size
-    elif cfg.global_batch_size != point.global_batch_size:
-        raise UserError(f"{point.path} was trained with global batch {point.global_batch_size}; this run asks for "
+    """The run's global batch decides its data order: an unset --global-batch-size takes the checkpoint's (refused
+    when this world size cannot split it), another one is refused; `TrainConfig.validate` then derives the
+    accumulation from it."""
+    saved = point.global_batch_size
+    if cfg.global_batch_size and cfg.global_batch_size != saved:
+        raise UserError(f"{point.path} was trained with global batch {saved}; this run asks for "
                         f"{cfg.global_batch_size}. The global batch decides which samples each step trains on: "
-                        f"resume with --global-batch-size {point.global_batch_size} (or leave it unset), or start a "
-                        "new --run-dir")
+                        f"resume with --global-batch-size {saved} (or leave it unset), or start a new --run-dir")
+    per_pass = cfg.micro_batch_size * world_size
+    if per_pass > 0 and saved % per_pass:
+        raise UserError(f"{point.path} was trained with global batch {saved}, which --micro-batch-size "
+                        f"{cfg.micro_batch_size} × {world_size} process{'es' if world_size > 1 else ''} does not "
+                        f"divide: choose a micro batch size that divides {saved}, or start a new --run-dir")
+    cfg.global_batch_size = saved
 
 
 def check_compatible(point: ResumePoint, cfg: TrainConfig, dataset: Dataset) -> None:
