@@ -67,12 +67,14 @@ class Watchdog:
         self.program, self.rank, self.world, self.cleanup = program, rank, world, cleanup
         self._store = None
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def watch(self) -> None:
         """Start polling, once the process group exists."""
         self._store = self._group_store()
         if self._store is not None:
-            threading.Thread(target=self._poll, name="gpt-novel-watchdog", daemon=True).start()
+            self._thread = threading.Thread(target=self._poll, name="gpt-novel-watchdog", daemon=True)
+            self._thread.start()
 
     def _group_store(self):
         """The process group's key-value store (torchrun's, or the process's own in a plain run), or None before the
@@ -80,7 +82,11 @@ class Watchdog:
         return dist.distributed_c10d._get_default_store() if dist.is_initialized() else None
 
     def stop(self) -> None:
+        """Stop polling and wait for the poller to leave the store (destroying the process group under a thread
+        still inside a store call aborts the process: "terminate called without an active exception")."""
         self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
 
     def _poll(self) -> None:
         """Every POLL_S: a failure published elsewhere ends this rank; so does a store that stopped answering

@@ -25,7 +25,8 @@ def main() -> None:
     dataset = check_files(cfg)
     cfg.validate(parallel.world_size_from_env(), dataset)
     rank = parallel.rank_from_env()
-    trainer = Trainer(cfg, dataset, faults.Watchdog("elastic_state", rank, parallel.world_size_from_env()))
+    watchdog = faults.Watchdog("elastic_state", rank, parallel.world_size_from_env())
+    trainer = Trainer(cfg, dataset, watchdog)
     trainer._resume()
     state = {}
     for name, param in trainer.engine.module.named_parameters():
@@ -34,6 +35,7 @@ def main() -> None:
                        "exp_avg_sq": safe_get_full_optimizer_state(param, "exp_avg_sq")}
     if rank == 0:
         torch.save({name: {k: v.cpu() for k, v in values.items()} for name, values in state.items()}, out)
+    watchdog.stop()  # before the group goes: its thread must not poll a store that is being torn down
     parallel.shutdown()
 
 

@@ -24,8 +24,8 @@ def main() -> None:
     cfg = load_config(TrainConfig, str(ckpt / "config.yaml"), {"resume": "never", "progress": False})
     dataset = check_files(cfg)
     cfg.validate(parallel.world_size_from_env(), dataset)
-    trainer = Trainer(cfg, dataset,
-                      faults.Watchdog("engine_logits", parallel.rank_from_env(), parallel.world_size_from_env()))
+    watchdog = faults.Watchdog("engine_logits", parallel.rank_from_env(), parallel.world_size_from_env())
+    trainer = Trainer(cfg, dataset, watchdog)
     checkpoint.load(trainer.engine, ckpt)
     val = ShardSet.load(dataset, "val")
     batch = torch.from_numpy(np.stack([val.read(0, i) for i in range(4)]).astype(np.int64))
@@ -34,6 +34,7 @@ def main() -> None:
         logits = trainer.engine(input_ids=batch[:, :-1].to(trainer.device)).logits
     if trainer.rank == 0:
         torch.save({"input_ids": batch[:, :-1], "logits": logits.cpu()}, out)
+    watchdog.stop()  # before the group goes: its thread must not poll a store that is being torn down
     parallel.shutdown()
 
 
