@@ -197,9 +197,12 @@ def _bridge_stages(folder: Path, zero_stage: int, shapes: dict[str, tuple[int, .
     its own dialect and model-states file name. Neither tool crosses between stage 3 and stages 1/2, so this adds
     what the loading stage looks for (the same tensors, reshaped or renamed; nothing recomputed)."""
     import torch
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
 
     zero = folder / "zero"
-    optim = torch.load(zero / "optimizer_state.pt", weights_only=False)  # written just now by ds_to_universal
+    with torch.serialization.safe_globals([LossScaler, ZeroStageEnum]):  # tensors and these two only: no code runs
+        optim = torch.load(zero / "optimizer_state.pt", weights_only=True)
     saved_stage3 = "optimizer_state_dict" in optim
     if (zero_stage == 3) == saved_stage3:
         return
@@ -207,7 +210,7 @@ def _bridge_stages(folder: Path, zero_stage: int, shapes: dict[str, tuple[int, .
     wanted = "zero_pp_rank_0_mp_rank_00_model_states.pt" if zero_stage == 3 else "mp_rank_00_model_states.pt"
     (folder / wanted).hardlink_to(saved)  # a universal load reads only metadata from it
     if zero_stage == 3:
-        step = torch.load(next(zero.glob("*/step.pt")), weights_only=False)
+        step = torch.load(next(zero.glob("*/step.pt")), weights_only=True)
         optim["optimizer_state_dict"] = {"state": {0: {"step": step}}, "param_groups": optim["param_groups"]}
     else:
         import deepspeed
@@ -216,7 +219,7 @@ def _bridge_stages(folder: Path, zero_stage: int, shapes: dict[str, tuple[int, .
         optim.setdefault("ds_version", deepspeed.__version__)
         for name, shape in shapes.items():
             for key in ("fp32", "exp_avg", "exp_avg_sq"):
-                flat = torch.load(zero / name / f"{key}.pt", weights_only=False)
+                flat = torch.load(zero / name / f"{key}.pt", weights_only=True)
                 torch.save({"param": flat.view(shape), "cat_dim": 0}, zero / name / f"{key}.pt")
             torch.save(step, zero / name / "step.pt")
     torch.save(optim, zero / "optimizer_state.pt")

@@ -107,7 +107,7 @@ def _saved_state(ckpt: Path, out: Path) -> Path:
 
 
 def _saved(zero: Path, name: str, key: str) -> torch.Tensor:
-    value = torch.load(zero / name / f"{key}.pt", weights_only=False)  # written by DeepSpeed in this test
+    value = torch.load(zero / name / f"{key}.pt", weights_only=True)
     return (value["param"] if isinstance(value, dict) else value).reshape(-1)
 
 
