@@ -171,7 +171,7 @@ def fail_fast(program: str, rank: int, world: int, cleanup: Callable[[], None] =
     """`with fail_fast(...) as dog:` any exception inside ends this rank and, through the store, every rank;
     `cleanup` runs first on every path that ends the process."""
     dog = Watchdog(program, rank, world, cleanup)
-    faulthandler.register(STACKS_SIGNAL, all_threads=True)
+    faulthandler.register(STACKS_SIGNAL, all_threads=True)  # for the rest of the process: its end included
     try:
         yield dog
     except SystemExit:
@@ -180,4 +180,3 @@ def fail_fast(program: str, rank: int, world: int, cleanup: Callable[[], None] =
         dog.fail(exc)
     finally:
         dog.stop()
-        faulthandler.unregister(STACKS_SIGNAL)
