@@ -26,7 +26,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _model_dir(tmp: Path) -> Path:
+def untrained_model_dir(tmp: Path, n_layer: int = 4, n_embd: int = 256, n_positions: int = 512) -> Path:
+    """An untrained GPT-2 on the shipped sample's tokenizer, saved as a model folder (generation speed does not
+    depend on training)."""
     from gpt_novel.config import TrainConfig
     from gpt_novel.consolidate import generation_config
     from gpt_novel.data.vocab import Vocab
@@ -37,8 +39,9 @@ def _model_dir(tmp: Path) -> Path:
                     "--seq-len", "128", "--cache-dir", str(tmp / "cache")], check=True, stdout=subprocess.DEVNULL)
     vocab = Vocab.load(data / "tokenizer")
     torch.manual_seed(0)
-    model = build_model(TrainConfig(n_layer=4, n_head=4, n_embd=256, n_positions=512, dropout=0.0), vocab)
-    model.generation_config = generation_config(vocab, 512)
+    model = build_model(TrainConfig(n_layer=n_layer, n_head=4, n_embd=n_embd, n_positions=n_positions, dropout=0.0),
+                        vocab)
+    model.generation_config = generation_config(vocab, n_positions)
     out = tmp / "model"
     model.save_pretrained(out)
     for f in (data / "tokenizer").iterdir():
@@ -65,7 +68,7 @@ def main() -> None:
     from gpt_novel.generate import SamplingOptions, continue_text, generation_kwargs, load, prompt_ids
 
     with tempfile.TemporaryDirectory() as tmp:
-        model, vocab = load(args.model or _model_dir(Path(tmp)))
+        model, vocab = load(args.model or untrained_model_dir(Path(tmp)))
     prompt = "青石镇一连下了七天的雨。沈砚推开客栈的门，"
     options = SamplingOptions(max_new_tokens=args.max_new_tokens, seed=1, num_samples=args.batch)
     ids = prompt_ids(vocab, prompt, options, model.config.n_positions)  # also loads thulac (word vocabulary) once

@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _plot_parser(sub)
     _eval_parser(sub)
+    sub.add_parser("serve", add_help=False, help="a web page that continues a novel with a consolidated model, "
+                   "drafts streamed side by side (gpt-novel serve HF_DIR --help)")
     sub.add_parser("launch", add_help=False, help="run torchrun or accelerate launch and exit with the trainer's "
                    "status (75 after a graceful stop); signals become a checkpoint and stop")
     return parser
@@ -102,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         from gpt_novel import launch
 
         return launch.main(argv[1:])
+    if argv[:1] == ["serve"]:  # the server parses its own options
+        from gpt_novel import serve
+
+        return serve.main(argv[1:])
     if argv[:1] == ["prepare"]:  # prepare's options are generated from its config, --help included
         args = argparse.Namespace(command="prepare", func=_run_prepare, prepare_args=argv[1:])
     else:

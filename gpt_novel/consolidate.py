@@ -111,7 +111,11 @@ def consolidate(src: str | Path, out: str | Path, step: int | None = None, dtype
         tmp.mkdir(parents=True)
         model.save_pretrained(tmp, safe_serialization=True, max_shard_size="2GB")
         _copy_tokenizer(ckpt / "tokenizer", tmp)
-        (tmp / "README.md").write_text(model_card(ckpt, cfg, state, dtype, out), encoding="utf-8")
+        facts = training_facts(ckpt, cfg, state)
+        (tmp / FACTS_FILE).write_text(json.dumps(facts, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(ckpt, facts, dtype, out), encoding="utf-8")
+        if (ckpt.parent.parent / LOSS_PLOT).is_file():
+            shutil.copyfile(ckpt.parent.parent / LOSS_PLOT, tmp / LOSS_PLOT)
         _respect_umask(tmp)
         replace_dir(tmp, out, out.parent / f".{out.name}.old-{owner_tag()}")
     except BaseException:
@@ -198,8 +202,25 @@ def _copy_tokenizer(src: Path, out: Path) -> None:
                                                + "\n", encoding="utf-8")
 
 
-def model_card(ckpt: Path, cfg: TrainConfig, state: dict, dtype: str, out: Path) -> str:
+FACTS_FILE = "training.json"  # what the model card says, for programs (`gpt-novel serve` shows it)
+LOSS_PLOT = "loss.png"  # the run's training curve (metrics.plot_run), copied when the run has one
+
+
+def training_facts(ckpt: Path, cfg: TrainConfig, state: dict) -> dict:
+    """How the weights were made: preset and shape, steps, tokens, the last held-out scores they had seen."""
     last = last_eval(ckpt.parent.parent, state["step"])
+    return {
+        "preset": cfg.preset, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
+        "n_positions": cfg.n_positions, "n_params": state.get("n_params"), "steps": state["step"],
+        "tokens": state["tokens"], "init_from": cfg.init_from or None,
+        "data_fingerprint": state.get("data_fingerprint"),
+        "tokenizer": Vocab.load(ckpt / "tokenizer").kind,
+        "validation": {k: last[k] for k in ("step", "val_loss", "val_ppl", "val_bpc")} if last else None,
+    }
+
+
+def model_card(ckpt: Path, facts: dict, dtype: str, out: Path) -> str:
+    last = facts["validation"]
     val = (f"val loss {last['val_loss']:.4f}, perplexity {last['val_ppl']:.2f}, {last['val_bpc']:.3f} bits per "
            f"character (step {last['step']})" if last else "no validation recorded")
     return f"""---
@@ -207,18 +228,19 @@ library_name: transformers
 pipeline_tag: text-generation
 language: zh
 ---
-# gpt-novel: GPT-2 ({cfg.preset}) for Chinese novel continuation
+# gpt-novel: GPT-2 ({facts['preset']}) for Chinese novel continuation
 
-{f"Fine-tuned from `{cfg.init_from}`" if cfg.init_from else "Trained from scratch"} with gpt-novel, consolidated from \
-`{ckpt}`.
+{f"Fine-tuned from `{facts['init_from']}`" if facts['init_from'] else "Trained from scratch"} with gpt-novel, \
+consolidated from `{ckpt}`.
 
 | | |
 |---|---|
-| preset | {cfg.preset}: {cfg.n_layer} layers, {cfg.n_head} heads, {cfg.n_embd} dims, {cfg.n_positions} positions |
-| parameters | {state.get('n_params', 'n/a')} |
-| steps | {state['step']} |
-| tokens seen | {state['tokens']:,} |
-| data | manifest fingerprint `{state.get('data_fingerprint') or 'n/a'}` |
+| preset | {facts['preset']}: {facts['n_layer']} layers, {facts['n_head']} heads, {facts['n_embd']} dims, \
+{facts['n_positions']} positions |
+| parameters | {facts['n_params'] or 'n/a'} |
+| steps | {facts['steps']} |
+| tokens seen | {facts['tokens']:,} |
+| data | manifest fingerprint `{facts['data_fingerprint'] or 'n/a'}` |
 | validation | {val} |
 | weights | {dtype} safetensors |
 
@@ -228,7 +250,7 @@ model = AutoModelForCausalLM.from_pretrained("{out}")
 tokenizer = AutoTokenizer.from_pretrained("{out}")
 ```
 
-{TOKENIZER_NOTES[Vocab.load(ckpt / "tokenizer").kind]}
+{TOKENIZER_NOTES[facts['tokenizer']]}
 """
 
 

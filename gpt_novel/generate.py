@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,24 +78,38 @@ def load(model_dir: str | Path, device: str | None = None, dtype: str | None = N
 def prompt_ids(vocab: Vocab, prompt: str, options: SamplingOptions, n_positions: int) -> list[int]:
     """The prompt as training saw it, cut to the tail that leaves room for the new tokens."""
     ids = vocab.encode(prompt, new_chapter=options.new_chapter or not prompt.strip())
-    room = n_positions - options.max_new_tokens
+    return fit_prompt(ids, options.max_new_tokens, n_positions)
+
+
+def fit_prompt(ids: list[int], max_new_tokens: int, n_positions: int) -> list[int]:
+    """The tail of the prompt's ids that leaves room for `max_new_tokens` in the model's positions."""
+    room = n_positions - max_new_tokens
     if room < 1:
-        raise UserError(f"--max-new-tokens {options.max_new_tokens} leaves no room for a prompt in the model's "
+        raise UserError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's "
                         f"{n_positions} positions")
     return ids[-room:]
 
 
 def continue_text(model_or_dir, prompt: str, options: SamplingOptions | None = None, *, device: str | None = None,
-                  dtype: str | None = None, streamer=None) -> list[str]:
+                  dtype: str | None = None, streamer=None, stop: threading.Event | None = None) -> list[str]:
     """Continuations of `prompt` (num_samples of them, each different), as plain text."""
     options = options or SamplingOptions()
     model, vocab = load(model_or_dir, device, dtype) if isinstance(model_or_dir, (str, Path)) else model_or_dir
     ids = prompt_ids(vocab, prompt, options, model.config.n_positions)
+    return continue_ids((model, vocab), ids, options, streamer=streamer, stop=stop)
+
+
+def continue_ids(model_and_vocab, ids: list[int], options: SamplingOptions, *, streamer=None,
+                 stop: threading.Event | None = None) -> list[str]:
+    """Continuations of a prompt already encoded and fitted; `stop`, once set, ends generation after the token
+    being made."""
+    model, vocab = model_and_vocab
     if options.seed is not None:
         torch.manual_seed(options.seed)
     batch = torch.tensor([ids] * options.num_samples, device=model.device)
     with torch.no_grad():
         out = model.generate(batch, attention_mask=torch.ones_like(batch), use_cache=True, streamer=streamer,
+                             stopping_criteria=[_Stopped(stop)] if stop else None,
                              **generation_kwargs(vocab, options))
     return [decode_until_end(vocab, row[len(ids):].tolist()) for row in out]
 
@@ -105,25 +121,53 @@ def decode_until_end(vocab: Vocab, ids: list[int]) -> str:
     return vocab.decode(ids)
 
 
-class TextStreamer:
-    """Prints decoded text as tokens arrive (one sample): `model.generate` calls put() with each new token."""
+class _Stopped:
+    """A stopping criterion (transformers calls it after each token) that ends generation once `event` is set: a
+    stop button, a client gone."""
 
-    def __init__(self, vocab: Vocab, skip_prompt_tokens: int):
-        self.vocab, self.skip, self.ended = vocab, skip_prompt_tokens, False
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class DraftStreamer:
+    """transformers' streamer interface (put/end; duck-typed, so importing this module stays free of transformers)
+    for several drafts at once (its TextIteratorStreamer takes one sequence and
+    decodes with a Hugging Face tokenizer, not our thulac vocabulary): `model.generate` calls put() with the prompt,
+    then with each step's new token of every draft; `on_step(deltas)` gets the text each draft gained (a draft's
+    text is decoded whole and a trailing U+FFFD held back, so a character split over byte-level tokens arrives
+    once, complete), until [CLS] ends that draft."""
+
+    def __init__(self, vocab: Vocab, drafts: int, on_step: Callable[[list[str]], None]):
+        self.vocab, self.on_step = vocab, on_step
+        self.ids: list[list[int]] = [[] for _ in range(drafts)]
+        self.sent = [""] * drafts
+        self.prompt_seen = False
 
     def put(self, value: torch.Tensor) -> None:
-        ids = value.reshape(-1).tolist()
-        if self.skip:  # the first call carries the prompt
-            self.skip = 0
+        if not self.prompt_seen:  # the first call carries the prompt
+            self.prompt_seen = True
             return
-        for i in ids:
-            if i == self.vocab.cls:
-                self.ended = True
-            if not self.ended:
-                print(self.vocab.decode([i]), end="", flush=True)
+        for ids, token in zip(self.ids, value.reshape(-1).tolist(), strict=True):
+            if self.vocab.cls not in ids:
+                ids.append(token)
+        self.on_step([self._delta(n) for n in range(len(self.ids))])
+
+    def _delta(self, n: int) -> str:
+        text = decode_until_end(self.vocab, self.ids[n])
+        if text.endswith("\ufffd"):
+            return ""
+        delta, self.sent[n] = text[len(self.sent[n]):], text
+        return delta
 
     def end(self) -> None:
-        print(flush=True)
+        pass
+
+
+def print_stream(deltas: list[str]) -> None:
+    print(deltas[0], end="", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,10 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         _check(options, args.stream)
         model, vocab = load(args.model_dir, args.device, args.dtype)
         _warn_unknown(vocab, prompt)
-        streamer = TextStreamer(vocab, 1) if args.stream else None
+        streamer = DraftStreamer(vocab, 1, print_stream) if args.stream else None
         if args.stream:
             print(prompt, end="", flush=True)
         texts = continue_text((model, vocab), prompt, options, streamer=streamer)
+        if args.stream:
+            print(flush=True)
     except (UserError, OSError) as e:
         print(f"sample: error: {e}", file=sys.stderr)
         return 2
@@ -179,10 +225,15 @@ def _warn_unknown(vocab: Vocab, prompt: str) -> None:
     """The model never saw these characters: say so, rather than continue from [UNK]s the user cannot see."""
     unknown = vocab.unknown_chars(prompt)
     if unknown:
-        shown = " ".join(repr(ch) if ch.isspace() else ch for ch in unknown[:40])
-        more = f" (and {len(unknown) - 40} more)" if len(unknown) > 40 else ""
-        print(f"sample: warning: {len(unknown)} character(s) of the prompt are not in the model's vocabulary and "
-              f"become [UNK]: {shown}{more}", file=sys.stderr)
+        print(f"sample: warning: {unknown_line(unknown)}", file=sys.stderr)
+
+
+def unknown_line(unknown: list[str]) -> str:
+    """What to tell the user of the prompt's characters the vocabulary lacks (tools/sample.py, gpt-novel serve)."""
+    shown = " ".join(repr(ch) if ch.isspace() else ch for ch in unknown[:40])
+    more = f" (and {len(unknown) - 40} more)" if len(unknown) > 40 else ""
+    return (f"{len(unknown)} character(s) of the prompt are not in the model's vocabulary and become [UNK]: "
+            f"{shown}{more}")
 
 
 def _check(options: SamplingOptions, stream: bool) -> None:

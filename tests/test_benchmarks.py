@@ -121,3 +121,17 @@ def test_the_gpu_check_runs_on_the_cpu_without_thulac(tmp_path):
         assert report["resume"][how] == {"bitwise_equal": True, "max_loss_difference": 0.0}
     for batch in ("batch_1", "batch_8"):
         assert report["sample"][batch]["sample_py_tokens_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_serve_benchmark_accounts_for_every_client():
+    cmd = [sys.executable, "benchmarks/serve.py", "--clients", "4", "--max-new-tokens", "32", "--queue", "1",
+           "--timeout", "120"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["completed"] + report["refused"] == 4 and report["failed"] == [], report
+    assert report["completed"] >= 2  # one generating, one waiting: never refused
+    assert 0 < report["ttft_p50_s"] <= report["ttft_p95_s"] and report["tokens"] >= 32 * report["completed"] * 0.5
+    assert report["tokens_per_s"] > 0 and report["sample_py"]["num_samples"] == 4
+    assert report["ratio_to_sample_py"] == round(report["tokens_per_s"] / report["sample_py"]["tokens_per_s"], 3)

@@ -168,7 +168,11 @@ def _first_visit(directory: Path, top: bool, found: Found, visited: dict[tuple[i
 
 def read_file(path: Path) -> Decoded:
     """Decode one input file (text or GPT2-Chinese JSON/JSONL). Raises RefusedFile with a one-line reason."""
-    data = path.read_bytes()
+    return decode_file(path.read_bytes(), path)
+
+
+def decode_file(data: bytes, path: Path) -> Decoded:
+    """`read_file` on bytes already read (an upload); `path` names them and its suffix says whether they are JSON."""
     if not data.strip():
         raise RefusedFile("empty file")
     got = detect_and_decode(data)
@@ -191,12 +195,19 @@ def read_text(path: Path) -> tuple[str, list[str]]:
     """A text file the user hands over (a prompt, an upload), decoded exactly as `prepare` decodes novels: the text
     and the warnings. Raises UserError with prepare's one-line reason."""
     try:
-        decoded = read_file(path)
-    except RefusedFile as e:
-        raise UserError(f"{path}: {e}") from None
+        data = path.read_bytes()
     except OSError as e:
         raise UserError(f"{path}: cannot read: {e.strerror}") from None
-    return "\n".join(decoded.texts), [f"{path}: {w}" for w in decoded.warnings]
+    return decode_text(data, str(path))
+
+
+def decode_text(data: bytes, name: str) -> tuple[str, list[str]]:
+    """`read_text` on bytes (an upload, read as content, never as a path); `name` is what messages call them."""
+    try:
+        decoded = decode_file(data, Path(name))
+    except RefusedFile as e:
+        raise UserError(f"{name}: {e}") from None
+    return "\n".join(decoded.texts), [f"{name}: {w}" for w in decoded.warnings]
 
 
 def detect_and_decode(data: bytes) -> Decoding:

@@ -1,0 +1,371 @@
+"""`gpt-novel serve`: the JSON/SSE API of a real server (uvicorn in its own process) and the page in headless
+Chromium.
+
+Two servers: one on a folder consolidated from a real 2-process run (its facts and loss.png), one on an untrained
+GPT-2 big enough that a CPU streams its drafts over seconds (growth, stop and a client that goes away are then
+visible), with `--queue 1`, so that a third concurrent request is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+
+from gpt_novel.data.vocab import Vocab
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = ROOT / "test-artifacts"
+PROMPT = "青石镇的集市比往常热闹了好几倍。"
+
+
+# --- servers -----------------------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(folder: Path, *extra: str) -> Iterator[str]:
+    """`gpt-novel serve FOLDER` on a free loopback port until the block ends; yields its base URL. The process
+    must end on SIGTERM within seconds."""
+    port = _free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    with subprocess.Popen([sys.executable, "-m", "gpt_novel", "serve", str(folder), "--port", str(port), *extra],
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_until_up(url, proc)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                pytest.fail("gpt-novel serve did not end within 15 s of SIGTERM")
+
+
+def _wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"gpt-novel serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(url + "/api/info", timeout=2).read()
+            return
+        time.sleep(0.2)
+    pytest.fail("gpt-novel serve did not answer within 120 s")
+
+
+@pytest.fixture(scope="module")
+def trained_folder(zero_runs, tmp_path_factory) -> Path:
+    from gpt_novel import consolidate
+
+    return consolidate.consolidate(zero_runs[1], tmp_path_factory.mktemp("serve") / "hf")
+
+
+@pytest.fixture(scope="module")
+def slow_folder(sample_data, tmp_path_factory) -> Path:
+    """An untrained 4-layer, 384-dim GPT-2 (512 positions) on the sample's tokenizer: on a CPU its drafts take
+    seconds, long enough to watch them grow and to stop one midway."""
+    from gpt_novel.config import TrainConfig
+    from gpt_novel.consolidate import generation_config
+    from gpt_novel.model import build_model
+
+    vocab = Vocab.load(sample_data / "tokenizer")
+    torch.manual_seed(0)
+    model = build_model(TrainConfig(n_layer=4, n_head=4, n_embd=384, n_positions=512, dropout=0.0), vocab)
+    model.generation_config = generation_config(vocab, 512)
+    out = tmp_path_factory.mktemp("slow") / "hf"
+    model.save_pretrained(out)
+    for f in (sample_data / "tokenizer").iterdir():
+        shutil.copy2(f, out / f.name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_api(trained_folder) -> Iterator[str]:
+    with serving(trained_folder) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def api(slow_folder) -> Iterator[str]:
+    with serving(slow_folder, "--queue", "1") as url:
+        yield url
+
+
+# --- a client ----------------------------------------------------------------------------------------------------
+
+def post(url: str, body: dict | bytes, timeout: float = 120) -> tuple[int, str]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    kind = "application/octet-stream" if isinstance(body, bytes) else "application/json"
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": kind})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def events(body: str) -> list[dict]:
+    return [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: ")]
+
+
+def generate(url: str, **fields) -> tuple[int, list[dict] | dict]:
+    status, body = post(url + "/api/generate", {"prompt": PROMPT, "max_new_tokens": 24, **fields})
+    return status, (events(body) if status == 200 else json.loads(body))
+
+
+def status_of(url: str) -> dict:
+    return json.loads(urllib.request.urlopen(url + "/api/status", timeout=10).read())
+
+
+# --- the API -----------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_info_has_the_model_cards_facts_and_its_training_curve(trained_api, trained_folder, zero_runs):
+    info = json.loads(urllib.request.urlopen(trained_api + "/api/info").read())
+    facts = json.loads((trained_folder / "training.json").read_text())
+    assert info["facts"] == facts and facts["steps"] == 24 and facts["tokens"] > 0 and facts["preset"] == "tiny"
+    assert facts["validation"]["step"] == 24 and facts["validation"]["val_bpc"] > 0
+    assert info["loss_plot"] and info["defaults"]["temperature"] == 0.9 and info["limits"]["queue"] == 8
+    png = urllib.request.urlopen(trained_api + "/loss.png").read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == (zero_runs[1] / "loss.png").read_bytes()  # the run's curve
+    page = urllib.request.urlopen(trained_api + "/").read().decode()
+    assert "<textarea id=\"prompt\"" in page
+
+
+@pytest.mark.slow
+def test_generate_streams_drafts_that_add_up_to_the_final_text(api):
+    status, got = generate(api, drafts=2, seed=7)
+    assert status == 200, got
+    kinds = [e["type"] for e in got]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("step") >= 3, kinds
+    assert got[0]["seed"] == 7 and got[0]["drafts"] == 2 and got[0]["notes"] == []
+    streamed = ["".join(e["texts"][i] for e in got if e["type"] == "step") for i in range(2)]
+    assert streamed == got[-1]["texts"] and streamed[0] != streamed[1] and not got[-1]["stopped"]
+    again = generate(api, drafts=2, seed=7)[1]
+    assert again[-1]["texts"] == got[-1]["texts"]  # the same seed, the same drafts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("fields", "says"), [
+    ({"prompt": ""}, "the prompt is empty"),
+    ({"prompt": "   \n"}, "the prompt is empty"),
+    ({"prompt": "😀🙃"}, "none of the prompt's characters"),
+    ({"prompt": "青" * 100_000}, "the prompt has 100,000 characters"),
+    ({"temperature": 9}, "temperature: Input should be less than or equal to 5 (got 9)"),
+    ({"top_p": 0}, "top_p"),
+    ({"drafts": 99}, "drafts"),
+    ({"max_new_tokens": 0}, "max_new_tokens"),
+    ({"max_new_tokens": 1000}, "below the model's 512 positions"),
+    ({"seed": -1}, "seed"),
+    ({"temperature": "hot"}, "temperature"),
+    ({"colour": "red"}, "colour: Extra inputs are not permitted"),
+])
+def test_bad_requests_get_a_4xx_with_one_line(api, fields, says):
+    status, got = generate(api, **fields)
+    assert status == 422, got
+    assert set(got) == {"error"} and says in got["error"] and "\n" not in got["error"], got
+    assert "Traceback" not in got["error"]
+
+
+@pytest.mark.slow
+def test_an_empty_prompt_starts_a_new_chapter_when_asked(trained_api):
+    status, got = generate(trained_api, prompt="", new_chapter=True, max_new_tokens=16)
+    assert status == 200 and got[-1]["type"] == "end" and got[-1]["texts"][0], got
+
+
+@pytest.mark.slow
+def test_unknown_characters_and_a_cut_prompt_are_told(api):
+    status, got = generate(api, prompt="Hello 😀 " + PROMPT)
+    assert status == 200
+    notes = got[0]["notes"]
+    assert any("not in the model's vocabulary and become [UNK]" in n and "😀" in n for n in notes), notes
+    status, got = generate(api, prompt=PROMPT * 60, max_new_tokens=200)  # 960 characters, 512 positions
+    assert status == 200
+    assert any("continues from the last 312 of its" in n for n in got[0]["notes"]), got[0]
+
+
+@pytest.mark.slow
+def test_a_full_queue_answers_503_at_once(api):
+    """--queue 1: one request generating, one waiting; the others are refused with the queue message."""
+    results: list[tuple[int, object]] = []
+    start = threading.Barrier(4)
+
+    def client() -> None:
+        start.wait()
+        results.append(generate(api, max_new_tokens=200, drafts=4))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    codes = sorted(code for code, _ in results)
+    assert codes[:2] == [200, 200] and set(codes[2:]) <= {200, 503} and 503 in codes, codes
+    for code, got in results:
+        if code == 503:
+            assert got == {"error": "the server is busy: 1 requests are waiting for the model; try again in a "
+                                    "moment"}
+        else:
+            assert got[-1]["type"] == "end" and not got[-1]["stopped"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "encoding"), [("gbk.txt", "gbk"), ("big5.txt", "big5"), ("utf16.txt", "utf-16")])
+def test_upload_is_decoded_as_prepare_decodes(api, name, encoding):
+    text = "第一章 青石如故\n初九这天，青石镇的集市比往常热闹了好几倍。天刚亮，街上已经站满了人。\n" * 5
+    if encoding == "big5":
+        text = text.replace("这", "這").replace("镇", "鎮").replace("热闹", "熱鬧").replace("几倍", "幾倍").replace(
+            "经站满", "經站滿").replace("刚亮", "剛亮").replace("个", "個").replace("条", "條")
+    status, body = post(api + f"/api/decode?name=../../etc/{name}", text.encode(encoding))
+    assert status == 200, body
+    assert json.loads(body)["text"].strip() == text.strip()
+
+
+@pytest.mark.slow
+def test_bad_uploads_are_refused_in_one_line(api):
+    status, body = post(api + "/api/decode?name=a.bin", bytes(range(256)) * 64)
+    assert status == 422 and json.loads(body)["error"].startswith("a.bin: binary file"), body
+    status, body = post(api + "/api/decode?name=big.txt", b"x" * (16 * 2**20 + 1))
+    assert status == 413 and "larger than 16 MB" in json.loads(body)["error"], body
+    status, body = post(api + "/api/decode?name=empty.txt", b"")
+    assert status == 422 and json.loads(body) == {"error": "empty.txt: empty file"}, body
+
+
+@pytest.mark.slow
+def test_a_client_that_goes_away_stops_its_generation(api):
+    request = urllib.request.Request(api + "/api/generate", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"prompt": PROMPT, "max_new_tokens": 480, "drafts": 4}).encode())
+    response = urllib.request.urlopen(request, timeout=60)
+    for line in response:
+        if line.startswith(b"data: ") and json.loads(line[6:])["type"] == "step":
+            break
+    assert status_of(api)["generating"]
+    response.close()  # the tab closed
+    deadline = time.monotonic() + 10
+    while status_of(api)["generating"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not status_of(api)["generating"], "the generation went on without its client"
+
+
+@pytest.mark.slow
+def test_serve_refuses_a_busy_port_and_a_folder_that_is_not_a_model(tmp_path, slow_folder):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "gpt_novel", "serve", str(slow_folder), "--port", str(port)],
+                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"gpt-novel serve: error: cannot listen on 127.0.0.1:{port}")
+    result = subprocess.run([sys.executable, "-m", "gpt_novel", "serve", str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr == (f"gpt-novel serve: error: {tmp_path} is not a model folder "
+                                                        f"(no config.json); make one with tools/consolidate.py\n")
+
+
+# --- the page in a browser ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if CHROMIUM is None:
+        pytest.skip("no chromium (.ci/run installs Debian's chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield browser
+        browser.close()
+
+
+def _draft_lengths_until_done(page, index: int, timeout: float = 60) -> list[int]:
+    """The lengths of draft `index`'s text as seen every 20 ms, until it is done."""
+    seen: list[int] = []
+    box = page.locator(f".draft[data-index='{index}']")
+    box.wait_for(timeout=timeout * 1000)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = box.get_attribute("data-state")
+        length = len(box.locator(".text").inner_text())
+        if not seen or seen[-1] != length:
+            seen.append(length)
+        if state in ("done", "stopped"):
+            return seen
+        time.sleep(0.02)
+    raise AssertionError(f"draft {index} still not done after {timeout} s: {seen}")
+
+
+@pytest.mark.slow
+def test_the_page_in_chromium(browser, trained_api, api, tmp_path):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(trained_api)  # the trained model: its facts and curve
+    page.locator("#facts").get_by_text("24", exact=True).wait_for(timeout=10_000)
+    assert page.evaluate("document.getElementById('loss').complete && document.getElementById('loss').naturalWidth")
+
+    page.goto(api)
+    page.locator("#max_new_tokens").wait_for()
+    page.wait_for_function("document.getElementById('temperature').value !== ''")
+    page.fill("#prompt", PROMPT)
+    page.fill("#max_new_tokens", "160")
+    page.fill("#drafts", "2")
+    page.click("#start")
+    lengths = _draft_lengths_until_done(page, 0)
+    growing = [n for n in lengths if n > 0]
+    assert len(growing) >= 3 and growing == sorted(growing), lengths  # at least three visible updates
+    assert page.locator(".draft[data-index='0']").get_attribute("data-state") == "done"
+    assert page.locator(".draft").count() == 2
+
+    page.fill("#max_new_tokens", "480")  # a second one, stopped midway
+    page.fill("#drafts", "3")
+    page.click("#start")
+    page.wait_for_function("(document.querySelector(\".draft[data-index='0'] .text\") || {}).textContent?.length > 4")
+    page.click("#stop")
+    page.wait_for_function("document.querySelector(\".draft[data-index='0']\").dataset.state === 'stopped'")
+    stopped = page.locator(".draft[data-index='0'] .text").inner_text()
+    time.sleep(0.5)
+    assert page.locator(".draft[data-index='0'] .text").inner_text() == stopped  # nothing more arrives
+    deadline = time.monotonic() + 10
+    while status_of(api)["generating"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not status_of(api)["generating"]
+
+    page.locator(".draft[data-index='1'] .continue").click()  # continue from a draft: prompt + draft, generating
+    page.wait_for_function("document.querySelector(\".draft[data-index='0']\")?.dataset.state === 'generating'")
+    page.click("#stop")
+
+    gbk = tmp_path / "开头.txt"
+    gbk.write_bytes(("第一章 青石如故\n" + PROMPT + "\n").encode("gbk"))
+    page.set_input_files("#file", str(gbk))
+    page.wait_for_function("document.getElementById('prompt').value.startsWith('第一章 青石如故')")
+
+    page.fill("#temperature", "9")  # an out-of-range value: the server's message on the page
+    page.click("#start")
+    page.wait_for_function("document.getElementById('error').textContent.includes('temperature')")
+    page.fill("#temperature", "0.9")
+    page.click("#start")
+    page.wait_for_function("document.querySelector(\".draft[data-index='0']\")?.dataset.state === 'done'",
+                           timeout=60_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "serve.png"), full_page=True)
+    assert (ARTIFACTS / "serve.png").stat().st_size > 10_000
