@@ -62,7 +62,9 @@ def generation_kwargs(vocab: Vocab, options: SamplingOptions) -> dict:
 def load(model_dir: str | Path, device: str | None = None, dtype: str | None = None):
     """(model, vocab) from a folder written by tools/consolidate.py."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
 
+    logging.disable_progress_bar()  # a "Loading weights" bar for a folder that loads in a blink
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise UserError(f"{model_dir} is not a model folder (no config.json); make one with tools/consolidate.py")
@@ -133,12 +135,13 @@ class _Stopped:
 
 
 class DraftStreamer:
-    """transformers' streamer interface (put/end; duck-typed, so importing this module stays free of transformers)
-    for several drafts at once (its TextIteratorStreamer takes one sequence and
-    decodes with a Hugging Face tokenizer, not our thulac vocabulary): `model.generate` calls put() with the prompt,
-    then with each step's new token of every draft; `on_step(deltas)` gets the text each draft gained (a draft's
-    text is decoded whole and a trailing U+FFFD held back, so a character split over byte-level tokens arrives
-    once, complete), until [CLS] ends that draft."""
+    """Streams several drafts at once through transformers' streamer interface (put/end, duck-typed so that this
+    module imports without transformers). transformers' own TextIteratorStreamer takes one sequence and decodes with
+    a Hugging Face tokenizer, not our vocabulary.
+
+    `model.generate` calls put() with the prompt, then with each step's new token of every draft; `on_step(deltas)`
+    gets the text each draft gained, until [CLS] ends that draft. A draft is decoded whole and a trailing U+FFFD held
+    back, so a character split over byte-level tokens arrives once, complete."""
 
     def __init__(self, vocab: Vocab, drafts: int, on_step: Callable[[list[str]], None]):
         self.vocab, self.on_step = vocab, on_step

@@ -214,7 +214,8 @@ def create_app(model_dir: str | Path, device: str | None = None, dtype: str | No
             app.state.generator = gen
             yield
 
-    app = FastAPI(title="gpt-novel", lifespan=lifespan, docs_url="/api/docs", redoc_url=None)
+    # the schema at /openapi.json; no /docs page: FastAPI's loads its scripts from a CDN, which a machine offline lacks
+    app = FastAPI(title="gpt-novel", lifespan=lifespan, docs_url=None, redoc_url=None)
 
     def refuse(status: int, message: str, **headers: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers or None)

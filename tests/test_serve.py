@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from conftest import ROOT
@@ -151,6 +152,9 @@ def test_info_has_the_model_cards_facts_and_its_training_curve(trained_api, trai
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == (zero_runs[1] / "loss.png").read_bytes()  # the run's curve
     page = urllib.request.urlopen(trained_api + "/").read().decode()
     assert "<textarea id=\"prompt\"" in page
+    port = int(trained_api.rsplit(":", 1)[1])
+    listening = [c.laddr for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port]
+    assert [a.ip for a in listening] == ["127.0.0.1"]  # loopback unless --host says otherwise
 
 
 @pytest.mark.slow
@@ -363,7 +367,14 @@ def test_the_page_in_chromium(browser, trained_api, api, tmp_path):
     page.click("#start")
     page.wait_for_function("document.getElementById('error').textContent.includes('temperature')")
     page.fill("#temperature", "0.9")
+    prompt = page.input_value("#prompt")
+    page.fill("#prompt", "")
     page.click("#start")
+    page.wait_for_function("document.getElementById('error').textContent.includes('the prompt is empty')")
+    page.fill("#prompt", "Hello 😀 " + prompt)  # characters the vocabulary lacks: named on the page
+    page.click("#start")
+    page.wait_for_function("document.getElementById('notes').textContent.includes('😀')")
+    assert page.text_content("#error") == ""
     page.wait_for_function("document.querySelector(\".draft[data-index='0']\")?.dataset.state === 'done'",
                            timeout=60_000)
     ARTIFACTS.mkdir(exist_ok=True)
