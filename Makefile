@@ -52,6 +52,7 @@ demo: install
 	$(BIN)/python tools/sample.py demo/hf --prompt "青石桥在镇子南面一里开外，" --max-new-tokens 80 --seed 1
 	@echo "demo: run directory demo/run (metrics.jsonl, loss.png, checkpoints/); model folder demo/hf"
 	@echo "demo: TensorBoard: $(BIN)/tensorboard --logdir demo/run/tensorboard"
+	@echo "demo: a web page to continue a novel with it: $(BIN)/gpt-novel serve demo/hf (then open http://127.0.0.1:7860)"
 
 bench: install
 	$(BIN)/python benchmarks/prepare.py

@@ -151,6 +151,9 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.clients <= 64:
         parser.error("--clients must be 1…64")
+    from gpt_novel.parallel import name_deepspeed_accelerator
+
+    name_deepspeed_accelerator()  # DeepSpeed's "Setting accelerator to CPU" would go to stdout, before the JSON
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or untrained_model_dir(Path(tmp), n_layer=2, n_embd=128, n_positions=256)
         with server(model, args.queue, args.timeout) as url:

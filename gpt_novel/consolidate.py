@@ -32,7 +32,7 @@ from gpt_novel.data.vocab import Vocab
 from gpt_novel.data.workdir import owner_tag, replace_dir
 from gpt_novel.errors import UserError
 from gpt_novel.generate import DTYPES, SamplingOptions, generation_kwargs
-from gpt_novel.metrics import last_eval
+from gpt_novel.metrics import LOSS_PLOT, last_eval
 from gpt_novel.model import build_model
 from gpt_novel.parallel import name_deepspeed_accelerator
 
@@ -203,7 +203,6 @@ def _copy_tokenizer(src: Path, out: Path) -> None:
 
 
 FACTS_FILE = "training.json"  # what the model card says, for programs (`gpt-novel serve` shows it)
-LOSS_PLOT = "loss.png"  # the run's training curve (metrics.plot_run), copied when the run has one
 
 
 def training_facts(ckpt: Path, cfg: TrainConfig, state: dict) -> dict:

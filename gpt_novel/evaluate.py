@@ -143,10 +143,13 @@ def table(result: dict) -> str:
     return "\n".join(f"{k:<22}{v}" for k, v in rows)
 
 
+EVAL_FILE = "eval.json"  # in the model folder, unless --json says otherwise; `gpt-novel serve` shows it
+
+
 def run_cli(args: argparse.Namespace) -> int:
     result = evaluate(args.model_dir, args.data, args.chapters, args.prompt_chars, args.gen_chars, args.seed,
                       args.device)
-    out = Path(args.json) if args.json else Path(args.model_dir) / "eval.json"
+    out = Path(args.json) if args.json else Path(args.model_dir) / EVAL_FILE
     out.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     print(table(result))
     print(f"wrote {out}", file=sys.stderr)

@@ -64,6 +64,9 @@ def load(model_dir: str | Path, device: str | None = None, dtype: str | None = N
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
+    from gpt_novel.parallel import name_deepspeed_accelerator
+
+    name_deepspeed_accelerator()  # transformers imports DeepSpeed when it is installed: no "Setting accelerator"
     logging.disable_progress_bar()  # a "Loading weights" bar for a folder that loads in a blink
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():

@@ -386,6 +386,9 @@ def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
+LOSS_PLOT = "loss.png"  # plot_run's default, in the run directory; consolidation copies it into the model folder
+
+
 def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     """PNG of train and validation loss against tokens seen (default RUN_DIR/loss.png); returns its path.
 
@@ -408,7 +411,7 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
 
     max_tokens = max(r["tokens"] for r in train + val)
     scale, unit = (1e6, "tokens seen (millions)") if max_tokens >= 1e6 else (1.0, "tokens seen")
-    out = Path(out) if out is not None else run_dir / "loss.png"
+    out = Path(out) if out is not None else run_dir / LOSS_PLOT
     fig, ax = plt.subplots(figsize=(9, 5))
     try:
         with warnings.catch_warnings():

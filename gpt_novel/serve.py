@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import queue
 import secrets
@@ -38,9 +39,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from gpt_novel.consolidate import FACTS_FILE
 from gpt_novel.data import ingest
 from gpt_novel.data.vocab import Vocab
 from gpt_novel.errors import UserError
+from gpt_novel.evaluate import EVAL_FILE
 from gpt_novel.generate import (
     DTYPES,
     DraftStreamer,
@@ -51,13 +54,13 @@ from gpt_novel.generate import (
     load,
     unknown_line,
 )
+from gpt_novel.metrics import LOSS_PLOT
 
 MAX_PROMPT_CHARS = 20_000  # a longer text is refused (an upload keeps its last MAX_PROMPT_CHARS characters)
 MAX_UPLOAD_BYTES = 16 * 2**20
 MAX_DRAFTS = 8
 MAX_NEW_TOKENS = 2048
 DEFAULT_QUEUE = 8
-LOSS_PLOT = "loss.png"
 
 
 class GenerateRequest(BaseModel):
@@ -111,9 +114,9 @@ class Generator:
         self.thread.join(timeout=30)
 
     def submit(self, job: Job) -> int:
-        """Queue the job; its place in the queue (0: next). Raises queue.Full when `waiting` jobs already wait."""
+        """Queue the job; how many requests are ahead of it. Raises queue.Full when `waiting` jobs already wait."""
         self.jobs.put_nowait(job)
-        return self.jobs.qsize() - 1
+        return max(0, self.jobs.qsize() - 1 + (self.current is not None))
 
     def _work(self) -> None:
         while (job := self.jobs.get()) is not None:
@@ -188,9 +191,9 @@ def model_info(model_dir: Path, model, vocab: Vocab, waiting: int) -> dict:
             return json.loads((model_dir / name).read_text(encoding="utf-8"))
         return None
 
-    scores = read("eval.json")
+    scores = read(EVAL_FILE)
     return {
-        "name": model_dir.name, "facts": read("training.json"), "n_positions": model.config.n_positions,
+        "name": model_dir.name, "facts": read(FACTS_FILE), "n_positions": model.config.n_positions,
         "vocab_size": len(vocab), "tokenizer": vocab.kind, "loss_plot": (model_dir / LOSS_PLOT).is_file(),
         "eval": {k: scores[k] for k in ("val_loss", "val_ppl", "val_bpc") if k in scores} if scores else None,
         "defaults": GenerateRequest().model_dump(),
@@ -269,11 +272,11 @@ def create_app(model_dir: str | Path, device: str | None = None, dtype: str | No
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         job = Job(options_of(req), req.prompt, notes, _thread_safe(loop, events))
         try:
-            position = request.app.state.generator.submit(job)
+            ahead = request.app.state.generator.submit(job)
         except queue.Full:
-            return refuse(503, f"the server is busy: {waiting} requests are waiting for the model; try again in a "
-                               f"moment", **{"Retry-After": "5"})
-        return StreamingResponse(_events(job, events, position), media_type="text/event-stream",
+            return refuse(503, f"the server is busy (queue full: {waiting} waiting); try again in a moment",
+                          **{"Retry-After": "5"})
+        return StreamingResponse(_events(job, events, ahead), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
@@ -297,11 +300,11 @@ def _thread_safe(loop: asyncio.AbstractEventLoop, events: asyncio.Queue) -> Call
     return send
 
 
-async def _events(job: Job, events: asyncio.Queue, position: int) -> AsyncIterator[str]:
+async def _events(job: Job, events: asyncio.Queue, ahead: int) -> AsyncIterator[str]:
     """The job's events as SSE frames; a client that goes away (a stop button, a closed tab) stops the job."""
     try:
-        if position > 0:
-            yield _frame({"type": "queued", "position": position})
+        if ahead > 0:
+            yield _frame({"type": "queued", "ahead": ahead})
         while True:
             event = await events.get()
             yield _frame(event)
@@ -326,8 +329,8 @@ def _check_port(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as e:
-            raise UserError(f"cannot listen on {host}:{port}: {e.strerror} (another server? try --port "
-                            f"{port + 1})") from None
+            hint = f" (another server? try --port {port + 1})" if e.errno == errno.EADDRINUSE else ""
+            raise UserError(f"cannot listen on {host}:{port}: {e.strerror}{hint}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
     args = parser.parse_args(argv)
     try:
-        if args.queue < 1:
-            raise UserError("--queue must be at least 1")
+        if args.queue < 1 or not 0 < args.port < 65536:
+            raise UserError("need --queue ≥ 1 and a --port of 1…65535")
         _check_port(args.host, args.port)
         app = create_app(args.model_dir, args.device, args.dtype, args.queue)
     except (UserError, OSError) as e:

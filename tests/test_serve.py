@@ -211,27 +211,31 @@ def test_unknown_characters_and_a_cut_prompt_are_told(api):
 
 @pytest.mark.slow
 def test_a_full_queue_answers_503_at_once(api):
-    """--queue 1: one request generating, one waiting; the others are refused with the queue message."""
-    results: list[tuple[int, object]] = []
-    start = threading.Barrier(4)
+    """--queue 1: one request generating, one waiting; two more are refused at once with the queue message."""
+    results: dict[str, tuple[int, object]] = {}
 
-    def client() -> None:
-        start.wait()
-        results.append(generate(api, max_new_tokens=200, drafts=4))
+    def client(name: str) -> None:
+        results[name] = generate(api, max_new_tokens=200, drafts=4)
 
-    threads = [threading.Thread(target=client) for _ in range(4)]
-    for t in threads:
+    first = threading.Thread(target=client, args=("first",))
+    first.start()
+    deadline = time.monotonic() + 30
+    while not status_of(api)["generating"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    others = [threading.Thread(target=client, args=(name,)) for name in ("a", "b", "c")]
+    for t in others:
         t.start()
-    for t in threads:
+    for t in [first, *others]:
         t.join(timeout=120)
-    codes = sorted(code for code, _ in results)
-    assert codes[:2] == [200, 200] and set(codes[2:]) <= {200, 503} and 503 in codes, codes
-    for code, got in results:
+    codes = sorted(code for code, _ in results.values())
+    assert codes == [200, 200, 503, 503], results
+    for code, got in results.values():
         if code == 503:
-            assert got == {"error": "the server is busy: 1 requests are waiting for the model; try again in a "
-                                    "moment"}
+            assert got == {"error": "the server is busy (queue full: 1 waiting); try again in a moment"}
         else:
             assert got[-1]["type"] == "end" and not got[-1]["stopped"]
+    waited = [got for name, (code, got) in results.items() if name != "first" and code == 200]
+    assert waited[0][0] == {"type": "queued", "ahead": 1}
 
 
 @pytest.mark.slow
@@ -280,7 +284,12 @@ def test_serve_refuses_a_busy_port_and_a_folder_that_is_not_a_model(tmp_path, sl
         result = subprocess.run([sys.executable, "-m", "gpt_novel", "serve", str(slow_folder), "--port", str(port)],
                                 cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith(f"gpt-novel serve: error: cannot listen on 127.0.0.1:{port}")
+    assert result.stderr.startswith(f"gpt-novel serve: error: cannot listen on 127.0.0.1:{port}: ")
+    assert "try --port" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "gpt_novel", "serve", str(slow_folder), "--port", "99999"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stderr) == (2, "gpt-novel serve: error: need --queue ≥ 1 and a --port of "
+                                                     "1…65535\n")
     result = subprocess.run([sys.executable, "-m", "gpt_novel", "serve", str(tmp_path)], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr == (f"gpt-novel serve: error: {tmp_path} is not a model folder "
