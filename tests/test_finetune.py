@@ -282,3 +282,21 @@ def test_consolidate_init_from_train_consolidate_round_trip(zero_runs, train_dat
     second = consolidate.consolidate(run_dir, tmp_path / "hf2")
     assert Vocab.load(second).tokens == Vocab.load(first).tokens
     assert json.loads((second / "config.json").read_text())["n_layer"] == 2
+
+
+@pytest.mark.slow
+def test_serve_continues_with_the_pretrained_tokenizer(finetuned, tmp_path):
+    """`gpt-novel serve` on a folder fine-tuned from a pretrained GPT-2: prompts go through its BERT-style
+    tokenizer, drafts are joined without spaces, and a character it lacks is named."""
+    from test_serve import generate, serving
+
+    from gpt_novel import consolidate
+
+    folder = consolidate.consolidate(finetuned[2], tmp_path / "hf")
+    with serving(folder) as url:
+        status, got = generate(url, prompt="青石镇😀", max_new_tokens=8, drafts=2, seed=1)
+    assert status == 200 and got[-1]["type"] == "end", got
+    assert any("😀" in note for note in got[0]["notes"]), got[0]
+    texts = got[-1]["texts"]
+    assert all(text and " " not in text for text in texts), texts
+    assert ["".join(e["texts"][i] for e in got if e["type"] == "step") for i in range(2)] == texts

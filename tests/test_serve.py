@@ -331,7 +331,9 @@ def _draft_lengths_until_done(page, index: int, timeout: float = 60) -> list[int
 
 @pytest.mark.slow
 def test_the_page_in_chromium(browser, trained_api, api, tmp_path):
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    context = browser.new_context(viewport={"width": 1280, "height": 900},
+                                  permissions=["clipboard-read", "clipboard-write"])
+    page = context.new_page()
     page.goto(trained_api)  # the trained model: its facts and curve
     page.locator("#facts").get_by_text("24", exact=True).wait_for(timeout=10_000)
     assert page.evaluate("document.getElementById('loss').complete && document.getElementById('loss').naturalWidth")
@@ -348,6 +350,13 @@ def test_the_page_in_chromium(browser, trained_api, api, tmp_path):
     assert len(growing) >= 3 and growing == sorted(growing), lengths  # at least three visible updates
     assert page.locator(".draft[data-index='0']").get_attribute("data-state") == "done"
     assert page.locator(".draft").count() == 2
+    whole = PROMPT + page.locator(".draft[data-index='1'] .text").inner_text()
+    with page.expect_download() as download:  # the opening with the draft, as a file
+        page.locator(".draft[data-index='1'] .download").click()
+    assert Path(download.value.path()).read_text(encoding="utf-8") == whole
+    page.locator(".draft[data-index='1'] .copy").click()
+    page.wait_for_function("document.querySelector(\".draft[data-index='1'] .copy\").textContent === 'copied'")
+    assert page.evaluate("navigator.clipboard.readText()") == whole
 
     page.fill("#max_new_tokens", "480")  # a second one, stopped midway
     page.fill("#drafts", "3")
