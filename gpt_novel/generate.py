@@ -82,8 +82,12 @@ def load(model_dir: str | Path, device: str | None = None, dtype: str | None = N
 
 def prompt_ids(vocab: Vocab, prompt: str, options: SamplingOptions, n_positions: int) -> list[int]:
     """The prompt as training saw it, cut to the tail that leaves room for the new tokens."""
-    ids = vocab.encode(prompt, new_chapter=options.new_chapter or not prompt.strip())
-    return fit_prompt(ids, options.max_new_tokens, n_positions)
+    return fit_prompt(encode_prompt(vocab, prompt, options), options.max_new_tokens, n_positions)
+
+
+def encode_prompt(vocab: Vocab, prompt: str, options: SamplingOptions) -> list[int]:
+    """The whole prompt as training saw it; an empty one, or `new_chapter`, starts with [MASK] as chapters do."""
+    return vocab.encode(prompt, new_chapter=options.new_chapter or not prompt.strip())
 
 
 def fit_prompt(ids: list[int], max_new_tokens: int, n_positions: int) -> list[int]:
@@ -143,13 +147,14 @@ class DraftStreamer:
     a Hugging Face tokenizer, not our vocabulary.
 
     `model.generate` calls put() with the prompt, then with each step's new token of every draft; `on_step(deltas)`
-    gets the text each draft gained, until [CLS] ends that draft. A draft is decoded whole and a trailing U+FFFD held
-    back, so a character split over byte-level tokens arrives once, complete."""
+    gets the text each draft gained, until [CLS] ends that draft. Only a draft's tokens not yet sent are decoded (our
+    decoding joins tokens, so the pieces add up to the whole), and while they end in U+FFFD they wait for the next
+    token: a character split over byte-level tokens arrives once, complete."""
 
     def __init__(self, vocab: Vocab, drafts: int, on_step: Callable[[list[str]], None]):
         self.vocab, self.on_step = vocab, on_step
         self.ids: list[list[int]] = [[] for _ in range(drafts)]
-        self.sent = [""] * drafts
+        self.sent = [0] * drafts  # how many of each draft's tokens have been sent
         self.prompt_seen = False
 
     def put(self, value: torch.Tensor) -> None:
@@ -162,11 +167,11 @@ class DraftStreamer:
         self.on_step([self._delta(n) for n in range(len(self.ids))])
 
     def _delta(self, n: int) -> str:
-        text = decode_until_end(self.vocab, self.ids[n])
+        text = decode_until_end(self.vocab, self.ids[n][self.sent[n]:])
         if text.endswith("\ufffd"):
             return ""
-        delta, self.sent[n] = text[len(self.sent[n]):], text
-        return delta
+        self.sent[n] = len(self.ids[n])
+        return text
 
     def end(self) -> None:
         pass

@@ -50,6 +50,7 @@ from gpt_novel.generate import (
     SamplingOptions,
     continue_ids,
     decode_until_end,
+    encode_prompt,
     fit_prompt,
     load,
     unknown_line,
@@ -93,7 +94,7 @@ class Generator:
     """The model's one worker thread and its bounded queue: `with Generator(model, vocab, waiting) as gen:`."""
 
     def __init__(self, model, vocab: Vocab, waiting: int):
-        self.model, self.vocab, self.waiting = model, vocab, waiting
+        self.model, self.vocab = model, vocab
         self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=waiting)
         self.thread = threading.Thread(target=self._work, name="gpt-novel-generate", daemon=True)
         self.current: Job | None = None  # the job being generated, stopped when the server stops
@@ -136,7 +137,7 @@ class Generator:
 
     def _generate(self, job: Job) -> None:
         options, vocab, n_positions = job.options, self.vocab, self.model.config.n_positions
-        whole = vocab.encode(job.prompt, new_chapter=options.new_chapter or not job.prompt.strip())
+        whole = encode_prompt(vocab, job.prompt, options)
         ids = fit_prompt(whole, options.max_new_tokens, n_positions)
         notes = job.notes + ([_cut_note(vocab, whole, ids)] if len(ids) < len(whole) else [])
         job.send({"type": "start", "drafts": options.num_samples, "seed": options.seed, "notes": notes,

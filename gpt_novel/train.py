@@ -149,8 +149,8 @@ class Trainer:
         self.cfg, self.dataset = cfg, dataset
         self.accelerator = parallel.make_accelerator(cfg)
         watchdog.watch()
-        self.stop = _StopRequest(Path(cfg.run_dir) / STOP_FILE)  # only now: until here a launcher's SIGTERM ends
-        # the process as by default
+        # only now: until here a launcher's SIGTERM ends the process as by default
+        self.stop = _StopRequest(Path(cfg.run_dir) / STOP_FILE)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
         self.run_dir = Path(cfg.run_dir)
