@@ -23,13 +23,18 @@ from pathlib import Path
 from gpt_novel.errors import UserError
 
 
-def _start_ticks(pid: int) -> str | None:
-    """When the process started (clock ticks since boot), to tell a live holder from a reused pid; None off Linux."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first); None off Linux or when it is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _start_ticks(pid: int) -> str | None:
+    """When the process started (clock ticks since boot), to tell a live holder from a reused pid; None off Linux."""
+    stat = _stat(pid)
+    return stat[19] if stat else None
 
 
 def owner() -> dict:
@@ -41,6 +46,7 @@ def owner() -> dict:
 
 
 def _alive(holder: dict) -> bool:
+    """A killed holder whose parent died too stays a zombie until init reaps it, seconds later: dead all the same."""
     pid = int(holder.get("pid", 0))
     try:
         os.kill(pid, 0)
@@ -48,8 +54,10 @@ def _alive(holder: dict) -> bool:
         return False
     except PermissionError:
         pass
-    start = holder.get("start")
-    return start is None or _start_ticks(pid) in (None, start)
+    stat, start = _stat(pid), holder.get("start")
+    if stat and stat[0] in ("Z", "X"):
+        return False
+    return start is None or stat is None or stat[19] == start
 
 
 def is_stale(holder: dict) -> bool:
