@@ -3,19 +3,28 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# torch is pinned and installed first: its CPU wheel is what this pin resolves to on machines without CUDA.
+# torch is pinned and installed first: its CPU wheel is what this pin resolves to on machines without CUDA. The rest
+# is the exact set CI tests (constraints.txt); pyproject.toml gives the ranges a pip install accepts.
 TORCH  := torch==2.13.0
 
-.PHONY: install test test-fast lint demo bench gpu-check gpu-bundle clean
+.PHONY: install constraints test test-fast lint demo bench gpu-check gpu-bundle clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Record the set a fresh install resolves today as the tested one (then run `make test` before committing it).
+constraints:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install -q --upgrade pip
+	.venv-lock/bin/pip install -q $(TORCH) && .venv-lock/bin/pip install -q '.[dev]'
+	( echo "# The exact set CI tests (make constraints writes it; make install installs with it)."; \
+	  .venv-lock/bin/pip freeze --all --exclude pip --exclude gpt-novel | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/' ) > constraints.txt
+	rm -rf .venv-lock
 
 lint: install
 	$(BIN)/ruff check gpt_novel tools tests benchmarks

@@ -115,15 +115,15 @@ def _train(data: Path, run_dir: Path, steps: int, *extra: str) -> dict:
 def _bare(data: Path, steps: int, compiled: bool = False) -> dict:
     """The same model (the preset's shape) and micro-batches, preloaded on the device: forward under bf16 autocast
     with SDPA, backward, clip, fused AdamW; nothing else."""
-    from gpt_novel import metrics
-    from gpt_novel.config import TrainConfig, check_files, train_config
+    from gpt_novel import metrics, plan
+    from gpt_novel.config import TrainConfig, train_config
     from gpt_novel.data.stream import ShardSet, StreamSpec, TrainStream
     from gpt_novel.data.vocab import Vocab
     from gpt_novel.model import build_model, count_params, param_groups
 
-    cfg: TrainConfig = train_config([*MODEL, "--data", str(data), "--run-dir", "unused", "--dropout", "0"])
-    dataset = check_files(cfg)
-    cfg.validate(1, dataset)
+    planned = plan.start(train_config([*MODEL, "--data", str(data), "--run-dir", "unused", "--dropout", "0"]), 1)
+    cfg: TrainConfig = planned.config
+    dataset = planned.dataset
     device = "cuda" if GPU else "cpu"
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, Vocab.load(dataset.tokenizer_dir)).to(device)

@@ -25,7 +25,7 @@ import os
 import random
 import shutil
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,43 @@ DS_TAG = "ds"
 PREFIX = "step-"
 
 
+@dataclass(frozen=True)
+class TrainerState:
+    """Where a run stands: the trainer's progress while it trains, and `trainer_state.json` in each checkpoint (the
+    marker repeats step, world size, global batch and val loss). The trainer, `resume` and `consolidate` read and
+    write it only through this class; JSON, so reading it cannot run code."""
+
+    step: int = 0
+    tokens: int = 0
+    skipped_steps: int = 0
+    elapsed: float = 0.0
+    world_size: int = 1
+    global_batch_size: int = 0
+    scheduler: dict | None = None
+    """the learning-rate scheduler's state_dict"""
+    schedule: dict | None = None
+    """the learning-rate plan (`schedule.plan`); None in a checkpoint saved before it was recorded"""
+    zero_stage: int | None = None
+    """None in a checkpoint saved before it was recorded (`resume.ResumePoint.zero_stage` tells stage 3 by files)"""
+    val_loss: float | None = None
+    data_fingerprint: str | None = None
+    n_params: int | None = None
+
+    REQUIRED = ("step", "tokens", "world_size", "global_batch_size", "scheduler")  # in every checkpoint ever saved
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainerState:
+        """The state a checkpoint saved; ValueError when it is not one (keys of a later version are ignored)."""
+        raw = json.loads(text)
+        missing = [key for key in cls.REQUIRED if not isinstance(raw, dict) or key not in raw]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
+        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+
+
 def checkpoints_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
@@ -52,10 +89,10 @@ def barrier() -> None:
         dist.barrier()
 
 
-def save(engine, run_dir: str | Path, step: int, state: dict, cfg, tokenizer_dir: Path, keep_last: int) -> Path:
+def save(engine, run_dir: str | Path, state: TrainerState, cfg, tokenizer_dir: Path, keep_last: int) -> Path:
     """Collective: every rank calls it. Returns the final checkpoint path. A failed write (a full disk, a quota)
     is an OSError naming the checkpoint, whatever the writer (DeepSpeed's C++ stream says only `iostream error`)."""
-    root = checkpoints_dir(run_dir)
+    root, step = checkpoints_dir(run_dir), state.step
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".tmp-{PREFIX}{step:08d}"
     rank, world = _rank_world()
@@ -68,7 +105,7 @@ def save(engine, run_dir: str | Path, step: int, state: dict, cfg, tokenizer_dir
         _write_atomic(tmp / f"rng-rank{rank:05d}.json", json.dumps(rng_state()))
         barrier()
         if rank == 0:
-            _write_atomic(tmp / STATE, json.dumps(state, indent=1))
+            _write_atomic(tmp / STATE, state.to_json())
             _write_atomic(tmp / MODEL_CONFIG, engine.module.config.to_json_string())
             _write_config(tmp / "config.yaml", cfg)
             shutil.copytree(tokenizer_dir, tmp / "tokenizer")
@@ -80,8 +117,8 @@ def save(engine, run_dir: str | Path, step: int, state: dict, cfg, tokenizer_dir
         if final.exists():  # a checkpoint of the same step from an earlier, interrupted run
             shutil.rmtree(final)
         tmp.rename(final)
-        marker = {"step": step, "world_size": state["world_size"], "global_batch_size": state["global_batch_size"],
-                  "val_loss": state.get("val_loss"), "files": dict(sorted(files.items()))}
+        marker = {"step": step, "world_size": state.world_size, "global_batch_size": state.global_batch_size,
+                  "val_loss": state.val_loss, "files": dict(sorted(files.items()))}
         _write_atomic(final / MARKER, json.dumps(marker, indent=1))
         _prune(root, keep_last)
     barrier()
@@ -128,11 +165,16 @@ BYTES_PER_PARAM = 16  # bf16 weights 2 + fp32 master weights 4 + Adam's two mome
 SPACE_MARGIN = 1.1
 
 
+def size(path: Path) -> int:
+    """Bytes in a checkpoint directory."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
 def check_space(run_dir: Path, n_params: int) -> None:
     """Refuse to start when the run directory cannot hold one more checkpoint (the newest one's size, or an estimate
     from the parameter count), rather than fail at the first save hours later."""
     newest = find_latest(run_dir, warn=lambda text: None)
-    need = sum(f.stat().st_size for f in newest.rglob("*") if f.is_file()) if newest else n_params * BYTES_PER_PARAM
+    need = size(newest) if newest else n_params * BYTES_PER_PARAM
     free = shutil.disk_usage(run_dir).free
     if free < need * SPACE_MARGIN:
         raise UserError(f"--run-dir {run_dir} has {free / 1e6:,.1f} MB free, a checkpoint needs about "
@@ -252,9 +294,9 @@ def check_usable(path: Path, check=verify) -> dict:
     return _marker(path)[0]
 
 
-def load(engine, path: Path, universal: Path | None = None) -> dict:
+def load(engine, path: Path, universal: Path | None = None) -> TrainerState:
     """Load weights, optimizer and DeepSpeed state into the engine (from `universal`, the checkpoint converted by
-    `resume.to_universal`, when given); return the trainer state. Collective. Call it on a verified checkpoint only:
+    `universal.convert`, when given); return the trainer state. Collective. Call it on a verified checkpoint only:
     DeepSpeed unpickles its files."""
     with _deepspeed_quiet(universal is not None):  # "MPU is not provided" on every rank: we have no tensor parallel
         load_path, _ = engine.load_checkpoint(str(universal or path), tag=DS_TAG, load_optimizer_states=True,
@@ -278,11 +320,11 @@ def _deepspeed_quiet(quiet: bool):
         logger.setLevel(level)
 
 
-def load_state(path: Path) -> dict:
+def load_state(path: Path) -> TrainerState:
     """The trainer state (JSON: reading it cannot run code)."""
     try:
-        return json.loads((path / STATE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+        return TrainerState.from_json((path / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError) as e:
         raise ValueError(f"checkpoint {path}: {STATE} is unreadable ({e})") from None
 
 

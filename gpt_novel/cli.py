@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _plot_parser(sub)
     _eval_parser(sub)
+    sub.add_parser("consolidate", add_help=False, help="a run's checkpoint → a Hugging Face model folder (gpt-novel "
+                   "consolidate RUN_DIR HF_DIR --help); tools/consolidate.py is the same")
+    sub.add_parser("sample", add_help=False, help="continue a novel from a prompt with a model folder (gpt-novel "
+                   "sample HF_DIR --help); tools/sample.py is the same")
     sub.add_parser("serve", add_help=False, help="a web page that continues a novel with a consolidated model, "
                    "drafts streamed side by side (gpt-novel serve HF_DIR --help)")
     sub.add_parser("launch", add_help=False, help="run torchrun or accelerate launch and exit with the trainer's "
@@ -108,6 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         from gpt_novel import serve
 
         return serve.main(argv[1:])
+    if argv[:1] == ["consolidate"]:
+        from gpt_novel import consolidate
+
+        return consolidate.main(argv[1:], prog="gpt-novel consolidate")
+    if argv[:1] == ["sample"]:
+        from gpt_novel import generate
+
+        return generate.main(argv[1:], prog="gpt-novel sample")
     if argv[:1] == ["prepare"]:  # prepare's options are generated from its config, --help included
         args = argparse.Namespace(command="prepare", func=_run_prepare, prepare_args=argv[1:])
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.resources
 import os
 import re
 import typing
@@ -256,9 +257,10 @@ class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter)
 SHAPE_DEFAULTS = {"n_layer": 2, "n_head": 4, "n_embd": 128}  # a model from scratch, unless a preset says otherwise
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run needs; a preset YAML gives the defaults, flags override any field."""
+    """Everything a training run needs; a preset YAML gives the defaults, flags override any field. Frozen once
+    parsed: what is derived from it (shape, batch arithmetic, DeepSpeed config, resume point) is `plan.Plan`."""
 
     # where
     data: str = ""
@@ -312,8 +314,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     """gradient norm clipping"""
     deepspeed: str = "ds_configs/zero2.json"
-    """DeepSpeed JSON (ds_configs/zero1, zero2, zero3, zero3_offload.json); under `accelerate launch`: the one its
-    YAML names"""
+    """a DeepSpeed JSON, or one of ours by name: zero1, zero2, zero3, zero3_offload (ds_configs/NAME.json from any
+    directory); under `accelerate launch`: the one its YAML names"""
     seed: int = 1234
     """seed of the weights and of the data order"""
     num_workers: int = 1
@@ -349,28 +351,20 @@ class TrainConfig:
     log_samples: bool = False
     """debugging: append the (shard, index) of every sample each rank trains on to RUN_DIR/samples-rank<N>.jsonl"""
 
-    def validate(self, world_size: int, dataset: Dataset) -> TrainConfig:
-        """Check the options against each other and against the data, without touching the file system (that is
-        `check_files`, run first); raise UserError on the first problem. Fills n_positions and global_batch_size."""
+    def check(self, dataset: Dataset) -> None:
+        """Check a resolved config (`plan.build` fills the shape, positions, global batch and accumulation) against
+        itself and the data, without touching the file system; UserError on the first problem."""
         if not self.run_dir:
             raise UserError("--run-dir RUN_DIR is required")
         if self.preset == "finetune" and not self.init_from:
             raise UserError("the finetune preset starts from a trained model: give --init-from HF_DIR")
-        for name, default in SHAPE_DEFAULTS.items():
-            if getattr(self, name) is None:
-                setattr(self, name, default)
-        for name in ("n_layer", "n_head", "n_embd", "max_steps", "micro_batch_size", "grad_accum", "save_every",
-                     "keep_last", "eval_every", "max_bad_steps"):
+        for name in POSITIVE:
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         if self.n_embd % self.n_head:
             raise UserError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
-        if self.n_positions == 0:
-            self.n_positions = dataset.seq_len
         if self.n_positions < dataset.seq_len:
             raise UserError(f"n_positions {self.n_positions} is shorter than the data's seq_len {dataset.seq_len}")
-        self._derive_grad_accum(world_size)
-        global_batch = self.global_batch_size
         if not 0 <= self.min_lr <= self.lr:
             raise UserError(f"min_lr {self.min_lr} must be between 0 and lr {self.lr}")
         if not 0 <= self.dropout < 1:
@@ -378,47 +372,14 @@ class TrainConfig:
         if self.warmup_steps < 0 or self.warmup_steps >= self.max_steps:
             raise UserError(f"--warmup-steps {self.warmup_steps} must be at least 0 and below --max-steps "
                             f"{self.max_steps}: lower it too (e.g. --warmup-steps {self.max_steps // 10})")
-        if dataset.train_samples() < global_batch:
+        if dataset.train_samples() < self.global_batch_size:
             raise UserError(f"{dataset.root} has {dataset.train_samples()} training samples, fewer than one "
-                            f"optimizer step needs ({global_batch} = world size × micro batch × accumulation)")
-        return self
+                            f"optimizer step needs ({self.global_batch_size} = world size × micro batch × "
+                            "accumulation)")
 
 
-    def _derive_grad_accum(self, world_size: int) -> None:
-        """The global batch is the contract (it decides which samples each step trains on): a set one fixes the
-        accumulation for this world size, refused when it does not divide; an unset one is micro batch × grad accum
-        × processes."""
-        per_pass = self.micro_batch_size * world_size
-        if not self.global_batch_size:
-            self.global_batch_size = per_pass * self.grad_accum
-        elif self.global_batch_size % per_pass:
-            raise UserError(f"--global-batch-size {self.global_batch_size} is not divisible by --micro-batch-size "
-                            f"{self.micro_batch_size} × {world_size} process{'es' if world_size > 1 else ''} = "
-                            f"{per_pass}: choose a micro batch size that divides it")
-        else:
-            self.grad_accum = self.global_batch_size // per_pass
-
-
-def check_files(cfg: TrainConfig) -> Dataset:
-    """The file-system half of the config check, run by every rank before any process group starts (so a bad path
-    stops the job in one line, not in a collective): the data directory (loaded, with its tokenizer), the DeepSpeed
-    config (resolved against this checkout when relative and absent from the working directory), a --resume
-    path and an --init-from folder (whose architecture it takes into cfg). Returns the dataset, which
-    `TrainConfig.validate` and the trainer receive."""
-    if not cfg.data:
-        raise UserError("--data DATA_DIR is required (a directory made by `gpt-novel prepare`)")
-    dataset = Dataset.load(cfg.data)
-    if not Path(cfg.deepspeed).is_file() and (REPO / cfg.deepspeed).is_file():
-        cfg.deepspeed = str(REPO / cfg.deepspeed)  # ds_configs/… of this checkout, from any directory
-    if not Path(cfg.deepspeed).is_file():
-        raise UserError(f"DeepSpeed config not found: {cfg.deepspeed}")
-    if cfg.resume not in ("auto", "never") and not Path(cfg.resume).is_dir():
-        raise UserError(f"--resume must be auto, never or a checkpoint directory; {cfg.resume} does not exist")
-    if cfg.init_from:
-        from gpt_novel.pretrained import InitFolder
-
-        InitFolder.load(cfg.init_from).apply(cfg, dataset)
-    return dataset
+POSITIVE = ("n_layer", "n_head", "n_embd", "max_steps", "micro_batch_size", "grad_accum", "save_every", "keep_last",
+            "eval_every", "max_bad_steps")
 
 
 def train_config(argv: list[str]) -> TrainConfig:
@@ -429,8 +390,24 @@ def train_config(argv: list[str]) -> TrainConfig:
                         _presets_help())
 
 
-REPO = Path(__file__).resolve().parent.parent
-PRESETS = REPO / "launch" / "presets"
+# The presets, DeepSpeed and accelerate configs ship inside the package, so that a wheel or `pip install git+…` has
+# them; the checkout's launch/ and ds_configs/ link to these files.
+CONFIGS = Path(str(importlib.resources.files("gpt_novel") / "configs"))
+PRESETS = CONFIGS / "presets"
+DEEPSPEED_CONFIGS = CONFIGS / "deepspeed"
+ACCELERATE_CONFIGS = CONFIGS / "accelerate"
+
+
+def deepspeed_json(name: str) -> str:
+    """A DeepSpeed JSON by path, else one of ours by name from any directory: `zero2`, `zero2.json` or the
+    checkout's spelling `ds_configs/zero2.json`."""
+    if Path(name).is_file():
+        return name
+    ours = DEEPSPEED_CONFIGS / f"{Path(name).stem}.json"
+    if Path(name).parent in (Path(), Path("ds_configs")) and ours.is_file():
+        return str(ours)
+    names = ", ".join(p.stem for p in sorted(DEEPSPEED_CONFIGS.glob("*.json")))
+    raise UserError(f"DeepSpeed config not found: {name} (ours, by name: {names})")
 
 
 def presets() -> dict[str, str]:
@@ -440,7 +417,10 @@ def presets() -> dict[str, str]:
 
 
 def _presets_help() -> str:
-    return "presets (--config NAME):\n" + "\n".join(f"  {line}" for line in presets().values())
+    accelerate = ", ".join(p.name for p in sorted(ACCELERATE_CONFIGS.glob("*.yaml")))
+    return ("presets (--config NAME):\n" + "\n".join(f"  {line}" for line in presets().values()) +
+            f"\n\nDeepSpeed configs (--deepspeed NAME): {DEEPSPEED_CONFIGS}/\naccelerate configs (accelerate launch "
+            f"--config_file PATH): {ACCELERATE_CONFIGS}/{{{accelerate}}}")
 
 
 def _with_preset_paths(argv: list[str]) -> list[str]:

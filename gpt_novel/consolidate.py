@@ -205,14 +205,14 @@ def _copy_tokenizer(src: Path, out: Path) -> None:
 FACTS_FILE = "training.json"  # what the model card says, for programs (`gpt-novel serve` shows it)
 
 
-def training_facts(ckpt: Path, cfg: TrainConfig, state: dict) -> dict:
+def training_facts(ckpt: Path, cfg: TrainConfig, state: checkpoint.TrainerState) -> dict:
     """How the weights were made: preset and shape, steps, tokens, the last held-out scores they had seen."""
-    last = last_eval(ckpt.parent.parent, state["step"])
+    last = last_eval(ckpt.parent.parent, state.step)
     return {
         "preset": cfg.preset, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
-        "n_positions": cfg.n_positions, "n_params": state.get("n_params"), "steps": state["step"],
-        "tokens": state["tokens"], "init_from": cfg.init_from or None,
-        "data_fingerprint": state.get("data_fingerprint"),
+        "n_positions": cfg.n_positions, "n_params": state.n_params, "steps": state.step,
+        "tokens": state.tokens, "init_from": cfg.init_from or None,
+        "data_fingerprint": state.data_fingerprint,
         "tokenizer": Vocab.load(ckpt / "tokenizer").kind,
         "validation": {k: last[k] for k in ("step", "val_loss", "val_ppl", "val_bpc")} if last else None,
     }
@@ -263,8 +263,9 @@ TOKENIZER_NOTES = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="consolidate", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str = "consolidate") -> int:
+    """`gpt-novel consolidate` and tools/consolidate.py."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("src", metavar="RUN_DIR_OR_CHECKPOINT")
     parser.add_argument("out", metavar="OUT_DIR")
     which = parser.add_mutually_exclusive_group()
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = consolidate(args.src, args.out, args.step, args.dtype, args.best)
     except UserError as e:
-        print(f"consolidate: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out} (AutoModelForCausalLM / AutoTokenizer .from_pretrained)")
     return 0

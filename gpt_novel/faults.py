@@ -9,8 +9,9 @@ any rank), and a watchdog thread on every rank polls that key and ends its proce
 A process ends with `os._exit` after SIGKILLing its DataLoader workers: a normal interpreter exit joins workers that
 ignore SIGTERM (they must, see `stream.make_loader`) and waits for the process group, which never comes.
 
-Exit status: 2 for a `UserError` (bad input: a damaged shard, a refused resume), 1 for anything else (a full disk,
-a bug; a bug keeps its traceback). Every rank of a failed job exits with the failing rank's status.
+Exit status: 2 for a `UserError` (bad input: a damaged shard, a refused resume), 75 for a stop asked for before
+training started (`StopRequested`: nothing to save, rerun to resume), 1 for anything else (a full disk, a bug; a bug
+keeps its traceback). Every rank of a failed job exits with the failing rank's status.
 """
 
 from __future__ import annotations
@@ -37,12 +38,21 @@ GRACE_S = 1.0
 STORE_TRIES = 4  # polls in a row without an answer before the launcher counts as gone
 STATUS_ENV = "GPT_NOVEL_STATUS_FILE"
 STACKS_SIGNAL = signal.SIGUSR2  # `kill -USR2 PID`: a rank that seems stuck prints every thread's stack to stderr
+EXIT_PREEMPTED = 75  # stopped on request (a signal or RUN_DIR/STOP) with nothing lost: run the command again
+
+
+class StopRequested(BaseException):
+    """A stop asked for while the trainer was starting (converting, loading): there is nothing new to save, so every
+    rank ends at once with EXIT_PREEMPTED. A BaseException, as KeyboardInterrupt is, so that no library's `except
+    Exception` swallows it."""
 
 
 def describe(exc: BaseException) -> tuple[int, str]:
     """(exit status, one line) for an exception that ends the job."""
     if isinstance(exc, UserError):
         return 2, str(exc)
+    if isinstance(exc, StopRequested):
+        return EXIT_PREEMPTED, str(exc)
     if isinstance(exc, OSError):
         return 1, os_error_line(exc)
     if isinstance(exc, KeyboardInterrupt):
@@ -57,17 +67,22 @@ def end_process(code: int) -> None:
             child.kill()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    os._exit(exit_status(code))
 
 
 class Watchdog:
     """Publishes this rank's failure and ends this rank when another one has published one."""
 
-    def __init__(self, program: str, rank: int, world: int, cleanup: Callable[[], None] = lambda: None):
-        self.program, self.rank, self.world, self.cleanup = program, rank, world, cleanup
+    def __init__(self, program: str, rank: int, world: int):
+        self.program, self.rank, self.world = program, rank, world
+        self._cleanups: list[Callable[[], None]] = []
         self._store = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def on_end(self, cleanup: Callable[[], None]) -> None:
+        """Run `cleanup` first on every path by which the watchdog ends this process (e.g. release a lock)."""
+        self._cleanups.append(cleanup)
 
     def watch(self) -> None:
         """Start polling, once the process group exists."""
@@ -117,9 +132,9 @@ class Watchdog:
         except Exception:  # the store is gone: the job is ending anyway
             return None
 
-    def _say(self, line: str) -> None:
+    def _say(self, line: str, error: bool = True) -> None:
         where = f" on rank {self.rank}" if self.world > 1 else ""
-        print(f"{self.program}: error{where}: {line}", file=sys.stderr)
+        print(f"{self.program}: error{where}: {line}" if error else line, file=sys.stderr, flush=True)
 
     def fail(self, exc: BaseException) -> None:
         """Report exc in one line (a bug also with its traceback), tell the other ranks, end this process.
@@ -133,16 +148,17 @@ class Watchdog:
         code, line = describe(exc)
         if code == 1 and not isinstance(exc, OSError):
             traceback.print_exception(exc)
-        self._say(line)
+        self._say(line, error=code != EXIT_PREEMPTED)
+        record_status(code, line)  # before the others hear of it: they then exit quietly too (`exit_status`)
         if self._store is not None:
             with contextlib.suppress(Exception):
                 self._store.set(KEY, json.dumps({"rank": self.rank, "code": code, "line": line}))
-        record_status(code)
         self._end(code)
 
     def _end(self, code: int) -> None:
-        with contextlib.suppress(Exception):
-            self.cleanup()  # e.g. release the run directory's lock
+        for cleanup in self._cleanups:
+            with contextlib.suppress(Exception):
+                cleanup()
         end_process(code)
 
     def _wait_for_published(self, seconds: float) -> dict | None:
@@ -154,23 +170,32 @@ class Watchdog:
             time.sleep(0.05)
 
 
-def record_status(code: int) -> None:
-    """Tell `gpt-novel launch` (or slurm/train.sh) the job's exit status, which torchrun and accelerate turn into 1:
-    the first process to record one wins (O_EXCL)."""
+def record_status(code: int, line: str) -> None:
+    """Tell `gpt-novel launch` or slurm/train.sh how the job ended, which torchrun and accelerate cannot (they turn
+    every status into 1 and a page of tracebacks): the status, then the line that says why. The first process to
+    record wins (O_EXCL): every rank that ends a job records, and they agree."""
     path = os.environ.get(STATUS_ENV)
     if not path:
         return
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        os.write(fd, f"{code}\n".encode())
+        os.write(fd, f"{code}\n{line}\n".encode())
         os.close(fd)
 
 
+def exit_status(code: int) -> int:
+    """The status a process of the job exits with. Under a wrapper that reads the recorded status (STATUS_ENV), 0
+    once one is recorded: the launcher then ends quietly, and the wrapper exits with the recorded status and says
+    its line. A rank that dies before anything is recorded (a crash) still fails the launcher as it always did."""
+    path = os.environ.get(STATUS_ENV)
+    return 0 if path and os.path.exists(path) else code
+
+
 @contextlib.contextmanager
-def fail_fast(program: str, rank: int, world: int, cleanup: Callable[[], None] = lambda: None) -> Iterator[Watchdog]:
+def fail_fast(program: str, rank: int, world: int) -> Iterator[Watchdog]:
     """`with fail_fast(...) as dog:` any exception inside ends this rank and, through the store, every rank;
-    `cleanup` runs first on every path that ends the process."""
-    dog = Watchdog(program, rank, world, cleanup)
+    what `dog.on_end` was given runs first on every path that ends the process."""
+    dog = Watchdog(program, rank, world)
     faulthandler.register(STACKS_SIGNAL, all_threads=True)  # for the rest of the process: its end included
     try:
         yield dog

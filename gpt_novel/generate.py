@@ -181,8 +181,9 @@ def print_stream(deltas: list[str]) -> None:
     print(deltas[0], end="", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sample", description="Continue a novel from a prompt.")
+def main(argv: list[str] | None = None, prog: str = "sample") -> int:
+    """`gpt-novel sample` and tools/sample.py."""
+    parser = argparse.ArgumentParser(prog=prog, description="Continue a novel from a prompt.")
     parser.add_argument("model_dir", metavar="HF_DIR")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--prompt", default="", help="the text to continue (empty: start a new chapter)")
@@ -202,12 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream", action="store_true", help="print tokens as they come (one sample)")
     args = parser.parse_args(argv)
     try:
-        prompt = _read_prompt(args.prompt_file) if args.prompt_file else args.prompt
+        prompt = _read_prompt(args.prompt_file, prog) if args.prompt_file else args.prompt
         options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                                   args.repetition_penalty, args.num_samples, args.seed, args.new_chapter)
         _check(options, args.stream)
         model, vocab = load(args.model_dir, args.device, args.dtype)
-        _warn_unknown(vocab, prompt)
+        _warn_unknown(vocab, prompt, prog)
         streamer = DraftStreamer(vocab, 1, print_stream) if args.stream else None
         if args.stream:
             print(prompt, end="", flush=True)
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.stream:
             print(flush=True)
     except (UserError, OSError) as e:
-        print(f"sample: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     if not args.stream:
         for n, text in enumerate(texts, 1):
@@ -225,18 +226,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _read_prompt(path: Path) -> str:
+def _read_prompt(path: Path, prog: str) -> str:
     text, warnings = ingest.read_text(path)
     for line in warnings:
-        print(f"sample: warning: {line}", file=sys.stderr)
+        print(f"{prog}: warning: {line}", file=sys.stderr)
     return text
 
 
-def _warn_unknown(vocab: Vocab, prompt: str) -> None:
+def _warn_unknown(vocab: Vocab, prompt: str, prog: str) -> None:
     """The model never saw these characters: say so, rather than continue from [UNK]s the user cannot see."""
     unknown = vocab.unknown_chars(prompt)
     if unknown:
-        print(f"sample: warning: {unknown_line(unknown)}", file=sys.stderr)
+        print(f"{prog}: warning: {unknown_line(unknown)}", file=sys.stderr)
 
 
 def unknown_line(unknown: list[str]) -> str:

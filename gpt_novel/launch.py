@@ -3,11 +3,12 @@
     gpt-novel launch torchrun --nproc_per_node 2 -m gpt_novel.train --config tiny --data data --run-dir runs/x
     gpt-novel launch accelerate launch --config_file launch/zero2.yaml -m gpt_novel.train --data data --run-dir runs/x
 
-Why: torchrun and accelerate exit 1 whenever a worker exits non-zero (75 included), print a traceback when signalled,
-and die of SIGUSR1, so a wrapper cannot tell "preempted, resume me" from a crash. Here the launcher runs in a session
-of its own; SIGTERM, SIGUSR1 and SIGINT become RUN_DIR/STOP (the trainer's own stop request: every rank finishes its
+Why: torchrun and accelerate exit 1 whenever a worker exits non-zero (75 included), with a page of tracebacks, and
+die of SIGUSR1, so a wrapper cannot tell "preempted, resume me" from a crash. Here the launcher runs in a session of
+its own; SIGTERM, SIGUSR1 and SIGINT become RUN_DIR/STOP (the trainer's own stop request: every rank finishes its
 step and saves), a second one is passed to the launcher as SIGTERM; and the exit status is the one the trainer
-recorded (0 done, 75 preempted, 2 bad input, 1 failure, see `faults.record_status`), else the launcher's own.
+recorded (0 done, 75 preempted, 2 bad input, 1 failure, see `faults.record_status`), else the launcher's own. Once a
+status is recorded the ranks exit 0 (`faults.exit_status`), so the launcher ends without its tracebacks.
 """
 
 from __future__ import annotations
@@ -47,17 +48,28 @@ def main(argv: list[str] | None = None) -> int:
         proc = subprocess.Popen(argv, env=_launcher_env(argv, status), start_new_session=True)
         _forward_signals(proc, run_dir_of(argv))
         code = _wait(proc)
-        recorded = status.read_text().strip() if status.exists() else ""
+        recorded = status.read_text().split("\n", 1)[0].strip() if status.exists() else ""
     return int(recorded) if recorded.lstrip("-").isdigit() else code
 
 
 def _launcher_env(argv: list[str], status: Path) -> dict[str, str]:
-    """torchrun and accelerate set OMP_NUM_THREADS=1 for each worker when it is unset, with a five-line banner about
-    it: set it for them (the same value) so that a first start has no line a user must ask about."""
+    """torchrun and accelerate set OMP_NUM_THREADS=1 for each worker when it is unset and they start several, with a
+    five-line banner about it: set that same value for them so that a start has no line a user must ask about. One
+    process keeps every core, as it would without us."""
     env = {**os.environ, STATUS_ENV: str(status)}
-    if Path(argv[0]).name in ("torchrun", "accelerate"):
+    if _local_processes(argv) > 1:
         env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+def _local_processes(argv: list[str]) -> int:
+    """The processes per machine a torchrun or `accelerate launch` command line asks for (1 when it does not say)."""
+    for i, arg in enumerate(argv):
+        name, _, value = arg.partition("=")
+        if name in ("--nproc_per_node", "--nproc-per-node", "--num_processes", "--num-processes"):
+            value = value or (argv[i + 1] if i + 1 < len(argv) else "")
+            return int(value) if value.isdigit() else 1
+    return 1
 
 
 def _forward_signals(proc: subprocess.Popen, run_dir: Path | None) -> None:

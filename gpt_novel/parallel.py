@@ -7,18 +7,20 @@ backend is requested explicitly: without it accelerate + DeepSpeed silently run 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
-import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
-from gpt_novel.config import TrainConfig
-from gpt_novel.errors import UserError
+if TYPE_CHECKING:
+    from gpt_novel.plan import Plan
 
 
 def world_size_from_env() -> int:
@@ -79,86 +81,41 @@ def deepspeed_start(is_main: bool):
         sys.stdout.flush()
 
 
-def make_accelerator(cfg: TrainConfig):
-    """An Accelerator driving DeepSpeed with the run's DeepSpeed JSON, its "auto" values filled from cfg."""
+def init_process_group() -> None:
+    """The process group, before the trainer's first collective (the checkpoint's digests, split among the ranks);
+    accelerate and DeepSpeed then use it. gloo on a host without GPUs (NCCL needs one), each rank on its own GPU."""
+    if dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def wait_for_all() -> None:
+    """A barrier waited for in Python, a few times a second, not inside gloo or NCCL: a stop request that a signal's
+    handler raises (while rank 0 converts a checkpoint, say) ends the wait at once."""
+    if not dist.is_initialized():
+        return
+    work = dist.barrier(async_op=True)
+    while not work.is_completed():
+        time.sleep(0.05)
+    work.wait()
+
+
+def make_accelerator(plan: Plan):
+    """An Accelerator driving DeepSpeed with the plan's DeepSpeed config, over the process group already made."""
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
 
     handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
-    plugin = None if _accelerate_runs_deepspeed() else DeepSpeedPlugin(hf_ds_config=read_ds_config(cfg.deepspeed))
+    plugin = DeepSpeedPlugin(hf_ds_config=copy.deepcopy(plan.ds_config))
     with deepspeed_start(rank_from_env() == 0):
         accelerator = Accelerator(deepspeed_plugin=plugin, mixed_precision="bf16",
-                                  gradient_accumulation_steps=cfg.grad_accum, kwargs_handlers=handlers)
-    ds = accelerator.state.deepspeed_plugin.deepspeed_config
-    _fill(ds, "train_micro_batch_size_per_gpu", cfg.micro_batch_size)
-    _fill(ds, "gradient_accumulation_steps", cfg.grad_accum)
-    _fill(ds, "gradient_clipping", cfg.grad_clip)
-    _fill(ds, "train_batch_size", cfg.global_batch_size)
+                                  gradient_accumulation_steps=plan.config.grad_accum, kwargs_handlers=handlers)
     if accelerator.num_processes != world_size_from_env():
         raise RuntimeError(f"accelerate sees {accelerator.num_processes} processes, the launcher "
                            f"{world_size_from_env()}: the process group was not set up")
     return accelerator
-
-
-def load_universal(accelerator) -> None:
-    """Make DeepSpeed load a universal checkpoint (another world size or ZeRO stage): set before `prepare`."""
-    ds = accelerator.state.deepspeed_plugin.deepspeed_config
-    ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
-
-
-def _accelerate_runs_deepspeed() -> bool:
-    """Whether `accelerate launch` started this process with DeepSpeed (then it hands DeepSpeed its own config)."""
-    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-
-
-def read_ds_config(path: str) -> dict:
-    """A DeepSpeed JSON config; one line when it is not one."""
-    try:
-        config = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"DeepSpeed config {path} is unreadable: {str(e).splitlines()[0]}") from None
-    if not isinstance(config, dict):
-        raise UserError(f"DeepSpeed config {path} must hold a JSON object")
-    return config
-
-
-def resolve_deepspeed(cfg: TrainConfig) -> str | None:
-    """Make `cfg.deepspeed` the DeepSpeed config this run will really use, so that the checkpoints' config.yaml
-    records it: under `accelerate launch` with DeepSpeed, the JSON its YAML names (accelerate hands that one to
-    DeepSpeed whatever --deepspeed says). Returns a warning when --deepspeed (the flag or the preset) named another
-    config; call it before any process group starts, on every rank (rank 0 prints the warning)."""
-    asked = read_ds_config(cfg.deepspeed)
-    if not _accelerate_runs_deepspeed():
-        return None
-    used = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
-    if not used:
-        raise UserError("the accelerate config sets DeepSpeed options inline: name a JSON in it with "
-                        "deepspeed_config_file (as launch/zero*.yaml do), so that the run records what it uses")
-    given, cfg.deepspeed = cfg.deepspeed, str(Path(used).resolve())
-    actual = read_ds_config(cfg.deepspeed)
-    if actual == asked:
-        return None
-    return (f"warning: accelerate's config names the DeepSpeed config {used} (ZeRO-{stage_of(actual)}), which this run "
-            f"uses and records; --deepspeed {given} (ZeRO-{stage_of(asked)}, from the flag or the preset) is not used. "
-            f"Pass --deepspeed {used}, or launch with the accelerate config of the stage you want")
-
-
-def _fill(ds: dict, key: str, value) -> None:
-    """Fill an "auto" value, and refuse an explicit one that disagrees with the run's config."""
-    if ds.get(key, "auto") == "auto":
-        ds[key] = value
-    elif ds[key] != value:
-        raise UserError(f"the DeepSpeed config sets {key} = {ds[key]}, the run's config {value}; "
-                        "use \"auto\" in the DeepSpeed JSON")
-
-
-def zero_stage(accelerator) -> int:
-    return stage_of(accelerator.state.deepspeed_plugin.deepspeed_config)
-
-
-def stage_of(ds_config: dict) -> int:
-    """The ZeRO stage a DeepSpeed config asks for (0 without zero_optimization)."""
-    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
 
 
 def all_reduce_sum(values: list, device: torch.device) -> list[float]:

@@ -56,15 +56,17 @@ class InitFolder:
             return {t: i for i, t in enumerate(lines[:-1] if lines[-1] == "" else lines)}
         return None
 
-    def apply(self, cfg, dataset: Dataset) -> None:
-        """Take the folder's architecture into `cfg` (refusing a flag that says otherwise) and check the data
-        against the folder: the same vocabulary, seq len within its context."""
+    def shape(self, cfg) -> dict[str, int]:
+        """The folder's architecture, which the run takes; a flag of `cfg` that says otherwise is refused."""
         for name in SHAPE:
             given, theirs = getattr(cfg, name), self.config.get(name)
             if given not in (None, 0) and given != theirs:
                 raise UserError(f"--{name.replace('_', '-')} {given} contradicts --init-from {self.path}, whose "
                                 f"{name} is {theirs}: leave --{name.replace('_', '-')} out")
-            setattr(cfg, name, theirs)
+        return {name: self.config.get(name) for name in SHAPE}
+
+    def check_data(self, dataset: Dataset) -> None:
+        """The data against the folder: the same vocabulary, seq len within its context."""
         if self.config["n_positions"] < dataset.seq_len:
             raise UserError(f"--init-from {self.path} has {self.config['n_positions']} positions, fewer than the "
                             f"data's seq len {dataset.seq_len}: prepare the data with --seq-len "

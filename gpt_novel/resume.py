@@ -1,35 +1,30 @@
 """Which checkpoint a run resumes from and whether it may, decided from the checkpoint's JSON files before any
-process group starts or any weights load; and how it resumes on another world size or ZeRO stage.
+weights load (`plan.build` runs these checks on the checkpoint actually loaded).
 
 Why before anything loads: a run directory resumed with another dataset or model shape used to run for a minute and
 die in a 36-line `size mismatch` traceback. Every rank reads the same small JSON files here, so every rank reaches
 the same verdict and rank 0 says it in one line.
 
 Elastic resume: a checkpoint saved with another world size or ZeRO stage is converted by DeepSpeed's own universal
-checkpoint tool (`ds_to_universal`) and loaded with its `load_universal` option; the global batch (and so the data
+checkpoint tool (`universal.py`) and loaded with its `load_universal` option; the global batch (and so the data
 order, see `data.stream`) is kept, the gradient accumulation derived for the new world size.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
-import io
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from gpt_novel import checkpoint
+from gpt_novel.checkpoint import TrainerState
 from gpt_novel.config import TrainConfig
 from gpt_novel.data.dataset import Dataset
 from gpt_novel.errors import UserError
-
-UNIVERSAL_PREFIX = ".universal-"
-SHAPE = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")
 
 
 @dataclass(frozen=True)
@@ -37,12 +32,11 @@ class ResumePoint:
     """A complete checkpoint and what its JSON files say (reading them cannot run code)."""
 
     path: Path
-    marker: dict
-    state: dict
+    state: TrainerState
     model_config: dict | None
 
     @classmethod
-    def read(cls, path: Path, marker: dict) -> ResumePoint:
+    def read(cls, path: Path) -> ResumePoint:
         try:
             config = json.loads((path / checkpoint.MODEL_CONFIG).read_text(encoding="utf-8"))
         except FileNotFoundError:  # saved by an older gpt-novel
@@ -53,33 +47,32 @@ class ResumePoint:
             state = checkpoint.load_state(path)
         except ValueError as e:
             raise UserError(str(e)) from None
-        return cls(path, marker, state, config)
+        return cls(path, state, config)
 
     @property
     def step(self) -> int:
-        return int(self.state["step"])
+        return self.state.step
 
     @property
     def world_size(self) -> int:
-        return int(self.marker["world_size"])
+        return self.state.world_size
 
     @property
     def global_batch_size(self) -> int:
-        return int(self.marker["global_batch_size"])
+        return self.state.global_batch_size
 
     @property
     def zero_stage(self) -> int | None:
         """The ZeRO stage it was saved with; for one saved before the stage was recorded, 3 or (stages 1 and 2
         write the same files) None."""
-        if "zero_stage" in self.state:
-            return int(self.state["zero_stage"])
+        if self.state.zero_stage is not None:
+            return self.state.zero_stage
         return 3 if (self.path / checkpoint.DS_TAG / "zero_pp_rank_0_mp_rank_00_model_states.pt").exists() else None
 
     def saved_max_steps(self) -> int:
         """The --max-steps the checkpoint's schedule was planned for."""
-        plan = self.state.get("schedule")
-        if plan:
-            return int(plan["max_steps"])
+        if self.state.schedule:
+            return int(self.state.schedule["max_steps"])
         with contextlib.suppress(OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
             return int(yaml.safe_load((self.path / "config.yaml").read_text(encoding="utf-8"))["max_steps"])
         return self.step
@@ -103,16 +96,15 @@ def candidate(cfg: TrainConfig, warn=lambda line: None, check=checkpoint.problem
     else:
         path = Path(cfg.resume)
     try:
-        marker = checkpoint.check_usable(path, check=check)
+        checkpoint.check_usable(path, check=check)
     except ValueError as e:
         raise UserError(str(e)) from None
-    return ResumePoint.read(path, marker)
+    return ResumePoint.read(path)
 
 
-def keep_global_batch(point: ResumePoint, cfg: TrainConfig, world_size: int) -> None:
+def kept_global_batch(point: ResumePoint, cfg: TrainConfig, world_size: int) -> int:
     """The run's global batch decides its data order: an unset --global-batch-size takes the checkpoint's (refused
-    when this world size cannot split it), another one is refused; `TrainConfig.validate` then derives the
-    accumulation from it."""
+    when this world size cannot split it), another one is refused."""
     saved = point.global_batch_size
     if cfg.global_batch_size and cfg.global_batch_size != saved:
         raise UserError(f"{point.path} was trained with global batch {saved}; this run asks for "
@@ -123,20 +115,20 @@ def keep_global_batch(point: ResumePoint, cfg: TrainConfig, world_size: int) -> 
         raise UserError(f"{point.path} was trained with global batch {saved}, which --micro-batch-size "
                         f"{cfg.micro_batch_size} × {world_size} process{'es' if world_size > 1 else ''} does not "
                         f"divide: choose a micro batch size that divides {saved}, or start a new --run-dir")
-    cfg.global_batch_size = saved
+    return saved
 
 
 def check_compatible(point: ResumePoint, cfg: TrainConfig, dataset: Dataset) -> None:
-    """Refuse, naming every change, a resume with another vocabulary, dataset or model shape (cfg validated)."""
+    """Refuse, naming every change, a resume with another vocabulary, dataset or model shape (`cfg` resolved)."""
     way_out = "start a new --run-dir"
     if _folder_digest(point.path / "tokenizer") != _folder_digest(dataset.tokenizer_dir):
         changes = [f"another vocabulary ({dataset.vocab_size:,} tokens, the checkpoint's "
                    f"{(point.model_config or {}).get('vocab_size', '?')})"]
     else:
         changes = _shape_changes(point, cfg)
-        if point.state.get("data_fingerprint") not in (None, dataset.fingerprint):
+        if point.state.data_fingerprint not in (None, dataset.fingerprint):
             changes.insert(0, f"another dataset (fingerprint {dataset.fingerprint[:12]}…, the checkpoint's "
-                              f"{point.state['data_fingerprint'][:12]}…)")
+                              f"{point.state.data_fingerprint[:12]}…)")
             if len(changes) == 1:
                 way_out += (f", or train its weights on the new data: tools/consolidate.py {cfg.run_dir} HF_DIR, "
                             "then --init-from HF_DIR with a new --run-dir")
@@ -168,65 +160,3 @@ def nothing_to_train(point: ResumePoint, cfg: TrainConfig) -> str | None:
     beyond = "" if point.step == cfg.max_steps else f", beyond --max-steps {cfg.max_steps}"
     return (f"{cfg.run_dir} has trained {point.step} steps{beyond}: nothing to train (raise --max-steps to train "
             f"longer; tools/consolidate.py {cfg.run_dir} HF_DIR to use it)")
-
-
-def to_universal(point: ResumePoint, zero_stage: int, shapes: dict[str, tuple[int, ...]], is_main: bool) -> Path:
-    """Rank 0 converts the checkpoint with DeepSpeed's ds_to_universal into RUN_DIR/checkpoints/.universal-step-N/
-    (left for `discard_universal`) for loading at `zero_stage` (`shapes`: the model's parameter shapes); returns
-    the folder whose DS_TAG subfolder DeepSpeed loads. Collective."""
-    from deepspeed.checkpoint import ds_to_universal
-
-    out = point.path.parent / f"{UNIVERSAL_PREFIX}{point.path.name}"
-    if is_main:
-        shutil.rmtree(out, ignore_errors=True)
-        args = argparse.Namespace(input_folder=str(point.path / checkpoint.DS_TAG),
-                                  output_folder=str(out / checkpoint.DS_TAG), num_extract_workers=2,
-                                  num_merge_workers=1, keep_temp_folder=False, strict=True,
-                                  inject_missing_state=True)  # the version key a Megatron client would save
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its chatter
-            ds_to_universal.main(args)
-        _bridge_stages(out / checkpoint.DS_TAG, zero_stage, shapes)
-    checkpoint.barrier()
-    return out
-
-
-def _bridge_stages(folder: Path, zero_stage: int, shapes: dict[str, tuple[int, ...]]) -> None:
-    """DeepSpeed's universal checkpoints come in two dialects: ds_to_universal writes a ZeRO-1/2 checkpoint's
-    parameters as {param, cat_dim} with a step.pt each and a flat optimizer_state.pt, a ZeRO-3 checkpoint's as flat
-    tensors with the Adam step inside optimizer_state.pt's optimizer_state_dict; and each stage's loader reads only
-    its own dialect and model-states file name. Neither tool crosses between stage 3 and stages 1/2, so this adds
-    what the loading stage looks for (the same tensors, reshaped or renamed; nothing recomputed)."""
-    import torch
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-
-    zero = folder / "zero"
-    with torch.serialization.safe_globals([LossScaler, ZeroStageEnum]):  # tensors and these two only: no code runs
-        optim = torch.load(zero / "optimizer_state.pt", weights_only=True)
-    saved_stage3 = "optimizer_state_dict" in optim
-    if (zero_stage == 3) == saved_stage3:
-        return
-    saved = sorted(folder.glob("*model_states.pt"))[0]
-    wanted = "zero_pp_rank_0_mp_rank_00_model_states.pt" if zero_stage == 3 else "mp_rank_00_model_states.pt"
-    (folder / wanted).hardlink_to(saved)  # a universal load reads only metadata from it
-    if zero_stage == 3:
-        step = torch.load(next(zero.glob("*/step.pt")), weights_only=True)
-        optim["optimizer_state_dict"] = {"state": {0: {"step": step}}, "param_groups": optim["param_groups"]}
-    else:
-        import deepspeed
-
-        step = optim["optimizer_state_dict"]["state"][0]["step"]
-        optim.setdefault("ds_version", deepspeed.__version__)
-        for name, shape in shapes.items():
-            for key in ("fp32", "exp_avg", "exp_avg_sq"):
-                flat = torch.load(zero / name / f"{key}.pt", weights_only=True)
-                torch.save({"param": flat.view(shape), "cat_dim": 0}, zero / name / f"{key}.pt")
-            torch.save(step, zero / name / "step.pt")
-    torch.save(optim, zero / "optimizer_state.pt")
-
-
-def discard_universal(folder: Path, is_main: bool) -> None:
-    """Remove a converted checkpoint once every rank has loaded it. Collective."""
-    checkpoint.barrier()
-    if is_main:
-        shutil.rmtree(folder, ignore_errors=True)

@@ -8,14 +8,17 @@
 Rerunning the same command resumes from the newest complete checkpoint, also with another number of processes or
 ZeRO stage (`resume.py`) or another --max-steps (`schedule.py`). Exit status: 0 when max_steps is reached (RUN_DIR/DONE
 is written) or was reached before, 75 after SIGTERM/SIGUSR1 or when RUN_DIR/STOP appears (the step in flight finished
-and a checkpoint was saved: run the command again to go on), 1 when training stopped on non-finite losses (the last
-good checkpoint is kept), 2 for a bad config. The STOP file is how a batch script stops the trainer without
-signalling the launchers (slurm/train.sh); the trainer removes it once the checkpoint is saved.
+and a checkpoint was saved, or while starting nothing had trained yet: run the command again to go on), 1 when
+training stopped on non-finite losses (the last good checkpoint is kept), 2 for a bad config. The STOP file is how a
+batch script stops the trainer without signalling the launchers (slurm/train.sh); the trainer removes it once it has
+stopped.
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -23,6 +26,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,34 +34,70 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gpt_novel import checkpoint, faults, lock, metrics, parallel, resume, schedule
-from gpt_novel.config import TrainConfig, check_files, train_config
-from gpt_novel.data.dataset import Dataset
+from gpt_novel import checkpoint, faults, lock, metrics, parallel, schedule, versions
+from gpt_novel import plan as planning
+from gpt_novel import universal as universal_
+from gpt_novel.checkpoint import TrainerState
+from gpt_novel.config import TrainConfig, train_config
 from gpt_novel.data.stream import ShardSet, StreamSpec, TrainStream, make_loader, val_batches
 from gpt_novel.data.vocab import Vocab
 from gpt_novel.errors import UserError, os_error_line
 from gpt_novel.model import build_model, count_params, heldout_metrics, heldout_sums, param_groups
+from gpt_novel.resume import ResumePoint
 
-EXIT_PREEMPTED = 75
 EXIT_BAD_STEPS = 1
 STOP_FILE = "STOP"
 STOP_POLL_S = 0.5  # a stat per step is not free on a network file system; twice a second is at once to a person
 DONE_FILE = "DONE"
+PROGRAM = "gpt-novel train"
+SAY_LOAD_BYTES = 2 * 10**9
 
 
 class _StopRequest:
-    """SIGTERM / SIGUSR1 set a flag, RUN_DIR/STOP is looked for at most every STOP_POLL_S seconds (a file system call
-    per step costs on a GPU, more so on a network file system); the loop finishes its optimizer step, saves and
-    exits once any rank has seen either (the ranks agree in the step's one all-reduce)."""
+    """SIGTERM, SIGUSR1 and RUN_DIR/STOP ask the trainer to stop.
+
+    While it trains, a signal sets a flag and the file is looked for at most every STOP_POLL_S seconds (a file system
+    call per step costs on a GPU, more so on a network file system); the loop finishes its optimizer step, saves and
+    exits once any rank has seen either (the ranks agree in the step's one all-reduce). While it starts (`starting`:
+    the digests, a universal conversion, the load) there is nothing new to save, so a request ends the job at once:
+    the handler raises StopRequested in the main thread, and a thread that looks for the file delivers it the same
+    way (`_thread.interrupt_main`)."""
 
     def __init__(self, stop_file: Path, poll_s: float = STOP_POLL_S):
         self.signal: int | None = None
         self.stop_file, self.poll_s, self._polled = stop_file, poll_s, -math.inf
+        self._starting, self._file_seen = False, False
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
         self.signal = signum
+        if self._starting:
+            self._starting = False  # said once
+            what = f"{STOP_FILE} file" if self._file_seen else signal.Signals(signum).name
+            raise faults.StopRequested(f"stop requested ({what}) while starting, before any step: nothing new to "
+                                       "save; rerun the same command to resume")
+
+    @contextlib.contextmanager
+    def starting(self):
+        """Inside the block, a stop request ends the job at once (faults.StopRequested, exit status 75)."""
+        done = threading.Event()
+        watcher = threading.Thread(target=self._watch_file, args=(done,), name="gpt-novel-stop-file", daemon=True)
+        self._starting = True
+        watcher.start()
+        try:
+            yield
+        finally:
+            self._starting = False
+            done.set()
+            watcher.join()
+
+    def _watch_file(self, done: threading.Event) -> None:
+        while not done.wait(self.poll_s):
+            if self.stop_file.exists():
+                self._file_seen = True
+                _thread.interrupt_main(signal.SIGTERM)
+                return
 
     def requested(self) -> bool:
         if self.signal is not None:
@@ -74,30 +114,33 @@ def main(argv: list[str] | None = None, *, leave_after_training: bool = False) -
     argv = sys.argv[1:] if argv is None else argv
     rank, world = parallel.rank_from_env(), parallel.world_size_from_env()
     try:
-        cfg = train_config(argv)
-        dataset = check_files(cfg)
-        deepspeed_warning = parallel.resolve_deepspeed(cfg)
-        finished = _check_resume(cfg, dataset, world)
-        holder = _claim_run_dir(cfg) if rank == 0 and not finished else None
+        plan = start_plan(train_config(argv), world)
     except UserError as e:  # before any process group: every rank stops, rank 0 says why
         if rank == 0:
-            print(f"{PROGRAM}: error: {e}", file=sys.stderr)
-            faults.record_status(2)
+            print(f"{PROGRAM}: error: {e}", file=sys.stderr, flush=True)
+        faults.record_status(2, str(e))
         return 2
-    if finished:
+    if plan.finished:
         if rank == 0:
-            print(finished, file=sys.stderr)
-            faults.record_status(0)
+            print(plan.finished, file=sys.stderr, flush=True)
+        faults.record_status(0, plan.finished)
         return 0
-    if rank == 0 and deepspeed_warning:
-        print(deepspeed_warning, file=sys.stderr, flush=True)
+    for warning in plan.inputs.warnings if rank == 0 else ():
+        print(warning, file=sys.stderr, flush=True)
     parallel.single_process_env()
     parallel.name_deepspeed_accelerator()
-    release = functools.partial(lock.release, _lock_path(cfg), holder) if holder else lambda: None
-    with faults.fail_fast(PROGRAM, rank, world, cleanup=release) as watchdog:
-        code = Trainer(cfg, dataset, watchdog).run()
+    with faults.fail_fast(PROGRAM, rank, world) as watchdog:
+        parallel.init_process_group()
+        watchdog.watch()
+        # Only rank 0 can find the run directory unwritable or taken: refused here, where the watchdog ends every
+        # rank with it, rather than before the group, where the others would wait for it until a timeout.
+        release = _claim_run_dir(plan.config) if rank == 0 else lambda: None
+        watchdog.on_end(release)
+        # only now: until here a launcher's SIGTERM ends the process as by default
+        stop = _StopRequest(Path(plan.config.run_dir) / STOP_FILE)
+        code, line = _start_and_train(plan, stop, rank)
         if rank == 0:
-            faults.record_status(code)
+            faults.record_status(code, line)
         watchdog.stop()
         parallel.shutdown()
     release()
@@ -111,28 +154,43 @@ def main(argv: list[str] | None = None, *, leave_after_training: bool = False) -
     return code
 
 
-PROGRAM = "gpt-novel train"
+def start_plan(cfg: TrainConfig, world: int) -> planning.Plan:
+    """The plan before any process group (`plan.start`), with the DeepSpeed version checked first."""
+    versions.check_deepspeed()
+    return planning.start(cfg, world)
 
 
-def _check_resume(cfg: TrainConfig, dataset: Dataset, world: int) -> str | None:
-    """Validate cfg, against the checkpoint it resumes from when there is one (its global batch is kept; another
-    dataset, vocabulary or shape is refused); returns the line that ends a run with nothing left to train."""
-    point = resume.candidate(cfg)
-    if point is not None:
-        resume.keep_global_batch(point, cfg, world)
-    cfg.validate(world, dataset)
-    if point is None:
-        return None
-    resume.check_compatible(point, cfg, dataset)
-    return resume.nothing_to_train(point, cfg)
+def _start_and_train(plan: planning.Plan, stop: _StopRequest, rank: int) -> tuple[int, str]:
+    """Start (the checkpoint verified, the engine built and loaded: a stop request ends it at once), then train;
+    returns the exit status and the line that said why the run ended."""
+    say = functools.partial(_say_from_rank_0, rank == 0)
+    try:
+        with stop.starting():
+            plan = planning.verified(plan, warn=say)
+            if plan.finished:
+                say(plan.finished)
+                return 0, plan.finished
+            trainer = Trainer(plan)
+            state = trainer.resume()
+    except faults.StopRequested:
+        if rank == 0:
+            stop.stop_file.unlink(missing_ok=True)  # asked for and honoured: a rerun must not stop again
+        raise
+    return trainer.run(state, stop)
+
+
+def _say_from_rank_0(is_main: bool, text: str) -> None:
+    if is_main:
+        print(text, flush=True)
 
 
 def _lock_path(cfg: TrainConfig) -> Path:
     return Path(cfg.run_dir) / ".lock"
 
 
-def _claim_run_dir(cfg: TrainConfig) -> dict:
-    """Rank 0, before any process group: the run directory is writable and this run its only writer."""
+def _claim_run_dir(cfg: TrainConfig):
+    """Rank 0, before DeepSpeed starts: the run directory is writable and this run its only writer; returns what
+    releases it."""
     run_dir = Path(cfg.run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -141,21 +199,22 @@ def _claim_run_dir(cfg: TrainConfig) -> dict:
         probe.unlink()
     except OSError as e:
         raise UserError(f"--run-dir {run_dir} is not writable: {os_error_line(e)}") from None
-    return lock.acquire(_lock_path(cfg), f"run directory {run_dir}")
+    return functools.partial(lock.release, _lock_path(cfg), lock.acquire(_lock_path(cfg), f"run directory {run_dir}"))
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, dataset: Dataset, watchdog: faults.Watchdog):
-        self.cfg, self.dataset = cfg, dataset
-        self.accelerator = parallel.make_accelerator(cfg)
-        watchdog.watch()
-        # only now: until here a launcher's SIGTERM ends the process as by default
-        self.stop = _StopRequest(Path(cfg.run_dir) / STOP_FILE)
+    """The engine built for a plan, resumed from its checkpoint (`resume`), then trained (`run`)."""
+
+    def __init__(self, plan: planning.Plan):
+        self.plan, self.cfg, self.dataset = plan, plan.config, plan.dataset
+        cfg = self.cfg
+        self.accelerator = parallel.make_accelerator(plan)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
         self.run_dir = Path(cfg.run_dir)
-        self.vocab = Vocab.load(dataset.tokenizer_dir)
+        self.vocab = Vocab.load(self.dataset.tokenizer_dir)
         self.is_main = self.rank == 0
+        self.zero_stage = plan.zero_stage
         _quiet_deepspeed()
         # --- the model, the same initial weights on every rank -------------------------------------------------
         _deterministic(cfg.deterministic)
@@ -166,16 +225,11 @@ class Trainer:
             checkpoint.check_space(self.run_dir, self.n_params)
         optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                       betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=True)
-        # --- the checkpoint to resume from (digests checked by all ranks), its schedule, its layout --------------
-        self.resume_from = resume.candidate(cfg, warn=self._say, check=checkpoint.verify)
-        self.schedule = _schedule_plan(cfg, self.resume_from)
-        self.scheduler = schedule.make(optimizer, cfg, self.schedule)
-        self.zero_stage = parallel.zero_stage(self.accelerator)
-        if self.resume_from is not None and self.resume_from.elastic(self.world, self.zero_stage):
-            parallel.load_universal(self.accelerator)
+        self.scheduler = schedule.make(optimizer, cfg, plan.schedule)
         self.engine, _ = self.accelerator.prepare(model, optimizer)
         if cfg.compile:
             self.engine.compile()
+            self._say("--compile: inductor builds kernels during the first steps (tiny: about 30 s on a CPU)")
         self.flops_per_token = metrics.flops_per_token(self.n_params, cfg.n_layer, cfg.n_embd, self.seq_len)
         name = torch.cuda.get_device_name() if torch.cuda.is_available() else None
         self.peak = metrics.peak_flops(name, cfg.peak_flops or None)
@@ -196,106 +250,132 @@ class Trainer:
         return self.dataset.seq_len
 
     # --- resume ------------------------------------------------------------------------------------------------
-    def _resume(self) -> dict:
-        """Load the checkpoint found at start-up into the engine (through DeepSpeed's universal checkpoint when it
-        was saved with another world size or ZeRO stage); returns the trainer state to go on from."""
-        point = self.resume_from
+    def resume(self) -> TrainerState:
+        """Load the plan's checkpoint into the engine (through DeepSpeed's universal checkpoint when it was saved with
+        another world size or ZeRO stage); returns the state to go on from. Collective."""
+        point = self.plan.resume
         if point is None:
-            return {"step": 0, "tokens": 0, "skipped_steps": 0, "elapsed": 0.0}
-        elastic = point.elastic(self.world, self.zero_stage)
+            return TrainerState(world_size=self.world, global_batch_size=self.cfg.global_batch_size)
         started = time.time()
-        shapes = {name: tuple(getattr(p, "ds_shape", p.shape)) for name, p in self.engine.module.named_parameters()}
-        universal = resume.to_universal(point, self.zero_stage, shapes, self.is_main) if elastic else None
+        saved_as = (f"{point.world_size} process{'es' if point.world_size > 1 else ''}"
+                    f"{f', ZeRO-{point.zero_stage}' if point.zero_stage is not None else ''}")
+        if self.plan.elastic:
+            universal = self._universal(point, saved_as)
+        else:
+            universal = None
+            size = checkpoint.size(point.path)
+            if size > SAY_LOAD_BYTES:  # a load of seconds goes without saying
+                self._say(f"loading {point.path} ({size / 1e9:.1f} GB)")
         state = checkpoint.load(self.engine, point.path, universal)
         if universal is not None:
-            resume.discard_universal(universal, self.is_main)
-        self.scheduler.load_state_dict(state["scheduler"])
+            parallel.wait_for_all()  # every rank has loaded the converted checkpoint before it goes
+            if self.is_main:
+                universal_.discard(universal)
+        self.scheduler.load_state_dict(state.scheduler)
         for group, lr in zip(self.scheduler.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
             group["lr"] = lr  # a universal load does not restore the optimizer's learning rates
-        how = (f"; saved on {point.world_size} process{'es' if point.world_size > 1 else ''}"
-               f"{f', ZeRO-{point.zero_stage}' if point.zero_stage is not None else ''}, converted to a DeepSpeed "
-               f"universal checkpoint and loaded in {time.time() - started:.1f} s" if elastic else "")
-        self._say(f"resumed from {point.path} (step {state['step']}, {state['tokens']:,} tokens{how})")
-        if self.schedule["max_steps"] != point.saved_max_steps():
+        how = (f"; saved on {saved_as}, converted to a DeepSpeed universal checkpoint and loaded in "
+               f"{time.time() - started:.1f} s" if universal is not None else "")
+        self._say(f"resumed from {point.path} (step {state.step}, {state.tokens:,} tokens{how})")
+        if self.plan.schedule["max_steps"] != point.saved_max_steps():
             self._say(f"--max-steps {self.cfg.max_steps} (the checkpoint planned {point.saved_max_steps()}): the "
                       "learning rate decays from its current value to --min-lr at the new last step")
         return state
 
+    def _universal(self, point: ResumePoint, saved_as: str) -> Path:
+        """Rank 0 converts the checkpoint in a process of its own (`universal.convert`) while the others wait."""
+        folder = point.path.parent / f"{universal_.PREFIX}{point.path.name}"
+        if self.is_main:
+            self._say(f"converting {point.path} (saved on {saved_as}) into a DeepSpeed universal checkpoint for "
+                      f"{self.world} process{'es' if self.world > 1 else ''}, ZeRO-{self.zero_stage}")
+            shapes = {name: tuple(getattr(p, "ds_shape", p.shape)) for name, p in
+                      self.engine.module.named_parameters()}
+            folder = universal_.convert(point.path, self.zero_stage, shapes)
+        parallel.wait_for_all()
+        return folder
+
     # --- the loop ----------------------------------------------------------------------------------------------
-    def run(self) -> int:
+    def run(self, state: TrainerState, stop: _StopRequest) -> tuple[int, str]:
+        """Train from `state` until max_steps (0), a stop request (75) or too many bad steps in a row (1); returns
+        the status and the line that said why it ended."""
         cfg = self.cfg
-        state = self._resume()
         train = ShardSet.load(self.dataset, "train")
         spec = StreamSpec(cfg.seed, self.rank, self.world, cfg.micro_batch_size, cfg.grad_accum)
-        stream = TrainStream(train, spec, start=state["step"] * cfg.grad_accum)
+        stream = TrainStream(train, spec, start=state.step * cfg.grad_accum)
         batches = iter(make_loader(stream, cfg.num_workers, pin_memory=self.device.type == "cuda"))
-        self._restore_rng(state["step"])  # after the DataLoader iterator exists: creating it must not shift the RNG
-        if self.is_main and state["step"] == 0:
+        self._restore_rng(state.step)  # after the DataLoader iterator exists: creating it must not shift the RNG
+        if self.is_main and state.step == 0:
             self._say(f"{self.n_params / 1e6:.1f}M parameters on {self.device.type}, ZeRO-{self.zero_stage}, world "
                       f"size {self.world}, global batch {cfg.global_batch_size} × {self.seq_len} tokens, "
                       f"{stream.steps_per_epoch} step{'s' if stream.steps_per_epoch != 1 else ''} per epoch")
-        with metrics.Metrics(self.run_dir, enabled=self.is_main, total_steps=cfg.max_steps, start_step=state["step"],
+        with metrics.Metrics(self.run_dir, enabled=self.is_main, total_steps=cfg.max_steps, start_step=state.step,
                              tensorboard=cfg.tensorboard, progress=cfg.progress) as log, \
                 _sample_record(cfg.log_samples, self.run_dir, self.rank, stream) as record:
-            code = self._train(log, state, batches, record)
+            code, state, line = self._train(log, state, batches, record, stop)
+        if code == 0:
+            line = (f"done: {state.step} steps; run directory {self.run_dir} (tensorboard --logdir "
+                    f"{self.run_dir / 'tensorboard'})")
         if code == 0 and self.is_main:
-            (self.run_dir / DONE_FILE).write_text(f"{state['step']}\n", encoding="utf-8")
+            (self.run_dir / DONE_FILE).write_text(f"{state.step}\n", encoding="utf-8")
             metrics.plot_run(self.run_dir)
-            self._say(f"done: {state['step']} steps; run directory {self.run_dir} (tensorboard --logdir "
-                      f"{self.run_dir / 'tensorboard'})")
-        return code
+            self._say(line)
+        return code, line
 
     def _restore_rng(self, step: int) -> None:
         """The RNG states the checkpoint saved for this rank; on another layout (no such states) a seed drawn from
         the step and rank, so dropout never repeats the masks of the run's start."""
-        point = self.resume_from
+        point = self.plan.resume
         if point is None:
             return
-        if point.elastic(self.world, self.zero_stage):
+        if self.plan.elastic:
             _seed_everything(int(np.random.SeedSequence([self.cfg.seed, step, self.rank]).generate_state(1)[0]))
         else:
             checkpoint.restore_rng(point.path, self.rank)
 
-    def _train(self, log: metrics.Metrics, state: dict, batches, record) -> int:
+    def _train(self, log: metrics.Metrics, state: TrainerState, batches, record,
+               stop: _StopRequest) -> tuple[int, TrainerState, str]:
         """Optimizer steps until max_steps (0), a stop request (EXIT_PREEMPTED) or too many bad steps in a row;
-        `record(step)` is called after each step (see --log-samples)."""
+        `record(step)` is called after each step (see --log-samples). Returns the status, the state reached and the
+        line said when it stopped early."""
         cfg = self.cfg
-        bad_in_a_row, started = 0, time.time() - state["elapsed"]
-        if self.is_main and state["step"] < cfg.max_steps:
+        bad_in_a_row, started = 0, time.time() - state.elapsed
+        if self.is_main and state.step < cfg.max_steps:
             (self.run_dir / DONE_FILE).unlink(missing_ok=True)  # a run resumed with a larger max_steps
-        while state["step"] < cfg.max_steps:
+        while state.step < cfg.max_steps:
             t0 = time.time()
             loss_sum, lr, waited = self._optimizer_step(batches)
-            loss_sum, stop_votes = parallel.all_reduce_sum([loss_sum, self.stop.requested()], self.device)
+            loss_sum, stop_votes = parallel.all_reduce_sum([loss_sum, stop.requested()], self.device)
             loss, preempted = loss_sum / (cfg.grad_accum * self.world), stop_votes > 0
-            step = state["step"] + 1
+            step = state.step + 1
             record(step)
-            state["tokens"] += cfg.global_batch_size * self.seq_len
             bad_in_a_row = 0 if self.engine.was_step_applied() else bad_in_a_row + 1
-            state["skipped_steps"] += bad_in_a_row > 0
-            self._log_step(log, step, loss, lr, state, time.time() - t0, waited, time.time() - started)
-            state["step"] = step
+            state = dataclasses.replace(state, step=step, tokens=state.tokens + cfg.global_batch_size * self.seq_len,
+                                        skipped_steps=state.skipped_steps + (bad_in_a_row > 0),
+                                        elapsed=time.time() - started)
+            self._log_step(log, loss, lr, state, time.time() - t0, waited)
             if bad_in_a_row:
                 self._say(f"step {step}: non-finite loss or gradient norm, update skipped ({bad_in_a_row} in a row)",
                           log)
             if bad_in_a_row >= cfg.max_bad_steps:
-                self._say(f"stopping: {bad_in_a_row} bad steps in a row (max_bad_steps); the last good checkpoint "
-                          "is kept", log)
-                return EXIT_BAD_STEPS
+                line = (f"stopping: {bad_in_a_row} bad steps in a row (max_bad_steps); the last good checkpoint is "
+                        "kept")
+                self._say(line, log)
+                return EXIT_BAD_STEPS, state, line
             evaluating = step % cfg.eval_every == 0 or step == cfg.max_steps
-            val_loss = self._evaluate(log, step, state["tokens"]) if evaluating else None
+            val_loss = self._evaluate(log, step, state.tokens) if evaluating else None
             if step % cfg.sample_every == 0 or step == cfg.max_steps:
                 self._sample(log, step)
             periodic = step % cfg.save_every == 0 and bad_in_a_row == 0  # never a checkpoint after a bad step
             if periodic or step == cfg.max_steps or preempted:
-                self._save(log, step, state, started, val_loss)
+                self._save(log, dataclasses.replace(state, elapsed=time.time() - started), val_loss)
             if preempted:
                 if self.is_main:
-                    self.stop.stop_file.unlink(missing_ok=True)
-                self._say(f"stop requested (signal or {STOP_FILE} file) after step {step}; checkpoint saved; rerun "
-                          "the same command to resume", log)
-                return EXIT_PREEMPTED
-        return 0
+                    stop.stop_file.unlink(missing_ok=True)
+                line = (f"stop requested (signal or {STOP_FILE} file) after step {step}; checkpoint saved; rerun the "
+                        "same command to resume")
+                self._say(line, log)
+                return faults.EXIT_PREEMPTED, state, line
+        return 0, state, ""
 
     def _optimizer_step(self, batches) -> tuple[torch.Tensor, float, float]:
         """grad_accum micro-batches forward/backward, one optimizer update (DeepSpeed clips and steps at the
@@ -317,15 +397,15 @@ class Trainer:
         self.scheduler.step()
         return total, lr, waited
 
-    def _log_step(self, log: metrics.Metrics, step: int, loss: float, lr: float, state: dict, seconds: float,
-                  waited: float, elapsed: float) -> None:
+    def _log_step(self, log: metrics.Metrics, loss: float, lr: float, state: TrainerState, seconds: float,
+                  waited: float) -> None:
         tokens_per_s = self.cfg.global_batch_size * self.seq_len / max(seconds, 1e-9)
         norm = self.engine.get_global_grad_norm()
         norm = float(norm) if norm is not None else None
-        log.log_train(step, loss=loss, lr=lr, grad_norm=norm, tokens=state["tokens"], elapsed=elapsed,
+        log.log_train(state.step, loss=loss, lr=lr, grad_norm=norm, tokens=state.tokens, elapsed=state.elapsed,
                       tokens_per_s=tokens_per_s, mfu=metrics.mfu(tokens_per_s / self.world, self.flops_per_token,
                                                                  self.peak),
-                      memory_gb=metrics.memory_gb(), skipped_steps=state["skipped_steps"], data_wait_s=waited)
+                      memory_gb=metrics.memory_gb(), skipped_steps=state.skipped_steps, data_wait_s=waited)
 
     def _evaluate(self, log: metrics.Metrics, step: int, tokens: int) -> float | None:
         """Validation loss, perplexity and bits per character (tokenizer-independent) on the val shards; returns
@@ -364,13 +444,13 @@ class Trainer:
         text = self.vocab.decode(prompt[0].tolist()) + " ▶ " + self.vocab.decode(out[0, prompt.size(1):].tolist())
         log.log_text(step, "sample", text)
 
-    def _save(self, log: metrics.Metrics, step: int, state: dict, started: float, val_loss: float | None) -> None:
+    def _save(self, log: metrics.Metrics, state: TrainerState, val_loss: float | None) -> None:
         """A checkpoint of this step; `val_loss`, evaluated at this step or None, lets pruning keep the best one."""
-        state = {**state, "step": step, "elapsed": time.time() - started, "scheduler": self.scheduler.state_dict(),
-                 "val_loss": val_loss, "schedule": self.schedule, "zero_stage": self.zero_stage,
-                 "world_size": self.world, "global_batch_size": self.cfg.global_batch_size,
-                 "data_fingerprint": self.dataset.fingerprint, "n_params": self.n_params}
-        path = checkpoint.save(self.engine, self.run_dir, step, state, self.cfg, self.dataset.tokenizer_dir,
+        state = dataclasses.replace(state, scheduler=self.scheduler.state_dict(), val_loss=val_loss,
+                                    schedule=self.plan.schedule, zero_stage=self.zero_stage, world_size=self.world,
+                                    global_batch_size=self.cfg.global_batch_size,
+                                    data_fingerprint=self.dataset.fingerprint, n_params=self.n_params)
+        path = checkpoint.save(self.engine, self.run_dir, state, self.cfg, self.dataset.tokenizer_dir,
                                self.cfg.keep_last)
         self._say(f"saved {path}", log)
 
@@ -380,15 +460,6 @@ class Trainer:
             log.message(text)
         elif self.is_main or self.cfg.log_all_ranks:
             print(text if self.is_main else f"[rank {self.rank}] {text}", flush=True)
-
-
-def _schedule_plan(cfg: TrainConfig, point: resume.ResumePoint | None) -> dict:
-    """The learning-rate plan: the checkpoint's, re-planned from its step when --max-steps changed (`schedule`)."""
-    if point is None:
-        return schedule.plan(cfg, None, 0, 1.0)
-    saved = point.state.get("schedule") or {"max_steps": point.saved_max_steps(), "decay_from": None}
-    lrs = point.state["scheduler"]
-    return schedule.plan(cfg, saved, point.step, lrs["_last_lr"][0] / lrs["base_lrs"][0])
 
 
 @contextlib.contextmanager
@@ -440,4 +511,4 @@ def _quiet_deepspeed() -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(leave_after_training=True))
+    raise SystemExit(faults.exit_status(main(leave_after_training=True)))

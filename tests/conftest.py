@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,8 +86,11 @@ COMMON = ["--config", "tiny", "--micro-batch-size", "4", "--grad-accum", "2", "-
 
 
 def train_env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("RANK", None)
+    """The environment of a user's shell: no launcher variables, and OMP_NUM_THREADS and its kind left as the shell
+    has them (unset, normally), as every launcher must cope with."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
     return env
 
 
@@ -161,6 +165,40 @@ def train_data(tmp_path_factory, cache_dir) -> Path:
     assert run_prepare([SAMPLE_DIR], out, cache_dir, "--seq-len", "32", "--shard-size", "8KB",
                        "--val-ratio", "0.2") == 0
     return out
+
+
+ELASTIC = ["--config", "tiny", "--micro-batch-size", "4", "--global-batch-size", "24", "--num-workers", "1",
+           "--warmup-steps", "4", "--save-every", "6", "--eval-every", "6", "--sample-every", "100", "--eval-batches",
+           "2", "--progress", "false", "--dropout", "0", "--log-samples"]
+ELASTIC_STEPS, ELASTIC_CUT = 18, 12
+
+
+def elastic_command(data: Path, run_dir: Path, nproc: int, stage: int | str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "-m", "gpt_novel.train", *ELASTIC, "--max-steps", str(ELASTIC_STEPS), "--data", str(data), "--run-dir",
+            str(run_dir), "--deepspeed", str(ROOT / "ds_configs" / f"zero{stage}.json"), *extra]
+
+
+@pytest.fixture(scope="session")
+def elastic_run(train_data, tmp_path_factory) -> Path:
+    """One uninterrupted 2-process ZeRO-2 run (global batch 24, no dropout, every sample logged): what resumes under
+    change (another world size, stage, launcher) are compared with, and the checkpoints they start from."""
+    run_dir = tmp_path_factory.mktemp("elastic") / "run"
+    result = run_command(elastic_command(train_data, run_dir, 2, 2))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return run_dir
+
+
+def interrupted(reference: Path, to: Path, cut: int = ELASTIC_CUT) -> Path:
+    """A copy of a run as it was right after its checkpoint of step `cut` (as after a SIGKILL a few steps later)."""
+    shutil.copytree(reference, to, ignore=shutil.ignore_patterns("DONE", ".lock"))
+    for ckpt in (to / "checkpoints").glob("step-*"):
+        if int(ckpt.name[5:]) > cut:
+            shutil.rmtree(ckpt)
+    for log in [to / "metrics.jsonl", *to.glob("samples-rank*.jsonl")]:
+        kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= cut]
+        log.write_text("".join(line + "\n" for line in kept))
+    return to
 
 
 @pytest.fixture(scope="session")

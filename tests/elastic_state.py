@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
-from gpt_novel import faults, parallel
-from gpt_novel.config import TrainConfig, check_files, load_config
+from gpt_novel import faults, parallel, plan
+from gpt_novel.config import TrainConfig, load_config
 from gpt_novel.train import Trainer
 
 
@@ -22,12 +22,13 @@ def main() -> None:
     ckpt, zero_json, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     cfg = load_config(TrainConfig, str(ckpt / "config.yaml"),
                       {"resume": str(ckpt), "progress": False, "deepspeed": zero_json})
-    dataset = check_files(cfg)
-    cfg.validate(parallel.world_size_from_env(), dataset)
+    planned = plan.start(cfg, parallel.world_size_from_env())
     rank = parallel.rank_from_env()
+    parallel.init_process_group()
     watchdog = faults.Watchdog("elastic_state", rank, parallel.world_size_from_env())
-    trainer = Trainer(cfg, dataset, watchdog)
-    trainer._resume()
+    watchdog.watch()
+    trainer = Trainer(planned)
+    trainer.resume()
     state = {}
     for name, param in trainer.engine.module.named_parameters():
         state[name] = {"fp32": safe_get_full_fp32_param(param),

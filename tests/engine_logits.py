@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpt_novel import checkpoint, faults, parallel
-from gpt_novel.config import TrainConfig, check_files, load_config
+from gpt_novel import checkpoint, faults, parallel, plan
+from gpt_novel.config import TrainConfig, load_config
 from gpt_novel.data.stream import ShardSet
 from gpt_novel.train import Trainer
 
@@ -22,12 +22,13 @@ from gpt_novel.train import Trainer
 def main() -> None:
     ckpt, out = Path(sys.argv[1]), Path(sys.argv[2])
     cfg = load_config(TrainConfig, str(ckpt / "config.yaml"), {"resume": "never", "progress": False})
-    dataset = check_files(cfg)
-    cfg.validate(parallel.world_size_from_env(), dataset)
+    planned = plan.start(cfg, parallel.world_size_from_env())
+    parallel.init_process_group()
     watchdog = faults.Watchdog("engine_logits", parallel.rank_from_env(), parallel.world_size_from_env())
-    trainer = Trainer(cfg, dataset, watchdog)
+    watchdog.watch()
+    trainer = Trainer(planned)
     checkpoint.load(trainer.engine, ckpt)
-    val = ShardSet.load(dataset, "val")
+    val = ShardSet.load(planned.dataset, "val")
     batch = torch.from_numpy(np.stack([val.read(0, i) for i in range(4)]).astype(np.int64))
     trainer.engine.eval()
     with torch.no_grad():

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpt_novel import cli
+from gpt_novel import cli, plan
 from gpt_novel.config import train_config
 from gpt_novel.data import shards
 from gpt_novel.data.dataset import (
@@ -193,15 +193,15 @@ def _damage(data: Path, damage: str) -> Path:
     return data
 
 
-def test_validate_reads_no_file(data):
+def test_the_plan_reads_no_file(data):
     """The options are checked against the dataset object alone: a dataset whose directory is gone and a DeepSpeed
-    path that does not exist still validate (those are `check_files`' job)."""
-    dataset = Dataset(Path("/gone"), Dataset.load(data).manifest)
+    path that does not exist still make a plan (reading those is `plan.read_inputs`' job)."""
+    inputs = plan.Inputs(Dataset(Path("/gone"), Dataset.load(data).manifest), "nope.json", {}, None)
     args = ["--config", "tiny", "--data", "/gone", "--run-dir", "r", "--micro-batch-size", "2", "--grad-accum", "1",
             "--deepspeed", "nope.json", "--resume", "/gone/ckpt"]
-    assert train_config(args).validate(5, dataset).n_positions == SEQ
+    assert plan.build(train_config(args), inputs, 5, None).config.n_positions == SEQ
     with pytest.raises(UserError, match="has 10 training samples, fewer than one optimizer step needs"):
-        train_config(args).validate(6, dataset)
+        plan.build(train_config(args), inputs, 6, None)
 
 
 @pytest.mark.parametrize("damage", ["missing", "other format", "vocab size"])

@@ -159,7 +159,7 @@ def _umount(path: Path) -> None:
     subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-def test_an_unwritable_run_dir_is_refused_before_the_process_group(train_data, tmp_path):
+def test_an_unwritable_run_dir_is_refused_before_deepspeed_starts(train_data, tmp_path):
     ro = tmp_path / "ro"
     if _mount_tmpfs(ro, 1 << 20, "ro"):
         run_dir = ro / "run"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 import torch
 from conftest import ROOT
 
-from gpt_novel.config import TrainConfig, check_files, train_config
+from gpt_novel import plan
+from gpt_novel.config import TrainConfig, train_config
 from gpt_novel.data.vocab import Vocab
 from gpt_novel.errors import UserError
 from gpt_novel.model import build_model, count_params, param_groups
@@ -14,8 +18,7 @@ from gpt_novel.model import build_model, count_params, param_groups
 
 @pytest.fixture(scope="module")
 def cfg(sample_data) -> TrainConfig:
-    cfg = train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "unused"])
-    return cfg.validate(2, check_files(cfg))
+    return plan.start(train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "unused"]), 2).config
 
 
 def test_preset_and_overrides(sample_data):
@@ -77,47 +80,56 @@ def test_activation_checkpointing_recomputes_the_same_gradients(cfg, sample_data
 def test_bad_configs_are_refused_with_one_line(sample_data, args, message):
     cfg = train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "r", *args])
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
-        cfg.validate(2, check_files(cfg))
+        plan.start(cfg, 2)
 
 
 @pytest.mark.parametrize(("world", "accum"), [(1, 8), (2, 4), (4, 2), (8, 1)])
 def test_the_global_batch_decides_the_accumulation_for_any_world_size(sample_data, world, accum):
-    cfg = train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "r", "--global-batch-size", "64",
-                        "--micro-batch-size", "8", "--grad-accum", "3"])
-    cfg.validate(world, check_files(cfg))
-    assert (cfg.global_batch_size, cfg.grad_accum) == (64, accum)
+    parsed = train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "r", "--global-batch-size",
+                           "64", "--micro-batch-size", "8", "--grad-accum", "3"])
+    planned = plan.start(parsed, world)
+    assert (planned.config.global_batch_size, planned.config.grad_accum) == (64, accum)
+    assert (planned.ds_config["train_batch_size"], planned.ds_config["gradient_accumulation_steps"]) == (64, accum)
+    assert (parsed.global_batch_size, parsed.grad_accum) == (64, 3)  # the parsed config is never changed
 
 
 def test_missing_data_directory(tmp_path):
     cfg = train_config(["--config", "tiny", "--data", str(tmp_path), "--run-dir", "r"])
     with pytest.raises(UserError, match="not a prepared data directory"):
-        check_files(cfg)
+        plan.start(cfg, 1)
 
 
 def test_accelerate_s_deepspeed_config_is_the_one_used_and_recorded(sample_data, monkeypatch, tmp_path):
     """Under `accelerate launch` DeepSpeed gets the JSON named in accelerate's YAML: the run records that one and
     says once that --deepspeed (here the preset's zero2) is not used; the same content under another name is no
     disagreement."""
-    from gpt_novel.parallel import resolve_deepspeed
-
     cfg = train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "r"])
-    check_files(cfg)
-    assert resolve_deepspeed(cfg) is None  # no accelerate: --deepspeed is used
+    assert plan.read_inputs(cfg).warnings == ()  # no accelerate: --deepspeed is used
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(ROOT / "ds_configs" / "zero3.json"))
-    warning = resolve_deepspeed(cfg)
-    assert cfg.deepspeed == str(ROOT / "ds_configs" / "zero3.json")
-    assert warning.startswith(f"warning: accelerate's config names the DeepSpeed config {cfg.deepspeed} (ZeRO-3), "
-                              "which this run uses and records; --deepspeed ")
+    planned = plan.start(cfg, 2)
+    (warning,) = planned.inputs.warnings
+    assert planned.config.deepspeed == str(ROOT / "ds_configs" / "zero3.json") and planned.zero_stage == 3
+    assert warning.startswith(f"warning: accelerate's config names the DeepSpeed config {planned.config.deepspeed} "
+                              "(ZeRO-3), which this run uses and records; --deepspeed ")
     assert "zero2.json (ZeRO-2, from the flag or the preset) is not used" in warning
     copy = tmp_path / "mine.json"
     copy.write_bytes((ROOT / "ds_configs" / "zero3.json").read_bytes())
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(copy))
-    assert resolve_deepspeed(cfg) is None and cfg.deepspeed == str(copy)
+    inputs = plan.read_inputs(dataclasses.replace(cfg, deepspeed=str(ROOT / "ds_configs" / "zero3.json")))
+    assert inputs.warnings == () and inputs.deepspeed == str(copy)
     copy.write_text("{not json", encoding="utf-8")
     with pytest.raises(UserError, match=f"DeepSpeed config {copy} is unreadable"):
-        resolve_deepspeed(cfg)
-    cfg.deepspeed = str(ROOT / "ds_configs" / "zero2.json")
+        plan.read_inputs(cfg)
     monkeypatch.delenv("ACCELERATE_DEEPSPEED_CONFIG_FILE")
     with pytest.raises(UserError, match="sets DeepSpeed options inline"):
-        resolve_deepspeed(cfg)
+        plan.read_inputs(cfg)
+
+
+def test_an_explicit_deepspeed_batch_value_that_disagrees_is_refused(sample_data, tmp_path):
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({**json.loads((ROOT / "ds_configs" / "zero2.json").read_text()),
+                                "gradient_accumulation_steps": 3}), encoding="utf-8")
+    cfg = train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "r", "--deepspeed", str(mine)])
+    with pytest.raises(UserError, match='sets gradient_accumulation_steps = 3, the run\'s config 2; use "auto"'):
+        plan.start(cfg, 2)

@@ -1,8 +1,9 @@
 """Resume under change (real DeepSpeed, torchrun, gloo): another world size or ZeRO stage through DeepSpeed's
 universal checkpoint, the same samples whatever the layout, a longer or shorter --max-steps, and one-line refusals.
 
-One uninterrupted 2-process ZeRO-2 run (global batch 24, no dropout, every sample logged) is the reference; an
-"interrupted" copy of it keeps only what existed at its step-12 checkpoint, as after a SIGKILL at step 13-17.
+One uninterrupted 2-process ZeRO-2 run (global batch 24, no dropout, every sample logged) is the reference
+(`elastic_run`); an "interrupted" copy of it keeps only what existed at its step-12 checkpoint, as after a SIGKILL at
+step 13-17.
 """
 
 from __future__ import annotations
@@ -16,42 +17,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_command, run_prepare, train_env, train_lines
+from conftest import (
+    ELASTIC_CUT,
+    ELASTIC_STEPS,
+    ROOT,
+    elastic_command,
+    interrupted,
+    run_command,
+    run_prepare,
+    train_env,
+    train_lines,
+)
 
 from gpt_novel import checkpoint
 
 pytestmark = pytest.mark.slow
 
-STEPS, CUT = 18, 12
-ELASTIC = ["--config", "tiny", "--micro-batch-size", "4", "--global-batch-size", "24", "--num-workers", "1",
-           "--warmup-steps", "4", "--save-every", "6", "--eval-every", "6", "--sample-every", "100", "--eval-batches",
-           "2", "--progress", "false", "--dropout", "0", "--log-samples"]
-
-
-def _command(data: Path, run_dir: Path, nproc: int, stage: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            "-m", "gpt_novel.train", *ELASTIC, "--max-steps", str(STEPS), "--data", str(data), "--run-dir",
-            str(run_dir), "--deepspeed", str(ROOT / "ds_configs" / f"zero{stage}.json"), *extra]
-
-
-@pytest.fixture(scope="module")
-def reference(train_data, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("elastic") / "run"
-    result = run_command(_command(train_data, run_dir, 2, 2))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return run_dir
-
-
-def _interrupted(reference: Path, to: Path) -> Path:
-    """The reference run as it was right after its step-12 checkpoint."""
-    shutil.copytree(reference, to, ignore=shutil.ignore_patterns("DONE", ".lock"))
-    for ckpt in (to / "checkpoints").glob("step-*"):
-        if int(ckpt.name[5:]) > CUT:
-            shutil.rmtree(ckpt)
-    for log in [to / "metrics.jsonl", *to.glob("samples-rank*.jsonl")]:
-        kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= CUT]
-        log.write_text("".join(line + "\n" for line in kept))
-    return to
+STEPS, CUT = ELASTIC_STEPS, ELASTIC_CUT
 
 
 def _samples_by_step(run_dir: Path) -> dict[int, list[tuple[int, int]]]:
@@ -69,19 +51,19 @@ def _losses(run_dir: Path) -> dict[int, tuple[float, float]]:
 
 
 @pytest.mark.parametrize(("nproc", "stage"), [(1, 2), (3, 3)])
-def test_resume_on_another_world_size_and_stage_trains_on_the_same_samples(train_data, reference, tmp_path, nproc,
+def test_resume_on_another_world_size_and_stage_trains_on_the_same_samples(train_data, elastic_run, tmp_path, nproc,
                                                                            stage):
-    run_dir = _interrupted(reference, tmp_path / "run")
-    result = run_command(_command(train_data, run_dir, nproc, stage))
+    run_dir = interrupted(elastic_run, tmp_path / "run")
+    result = run_command(elastic_command(train_data, run_dir, nproc, stage))
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "saved on 2 processes, ZeRO-2, converted to a DeepSpeed universal checkpoint" in output
     assert not list((run_dir / "checkpoints").glob(".universal-*"))  # the conversion is removed once loaded
-    want, got = _samples_by_step(reference), _samples_by_step(run_dir)
+    want, got = _samples_by_step(elastic_run), _samples_by_step(run_dir)
     assert sorted(got) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):  # the same 24 samples at every step, none twice, whatever the layout
         assert len(got[step]) == len(set(got[step])) == 24 and sorted(got[step]) == sorted(want[step])
-    ref, now = _losses(reference), _losses(run_dir)
+    ref, now = _losses(elastic_run), _losses(run_dir)
     assert abs(now[CUT + 1][0] - ref[CUT + 1][0]) < 1e-2  # the first resumed step
     assert [now[s][1] for s in range(CUT + 1, STEPS + 1)] == [ref[s][1] for s in range(CUT + 1, STEPS + 1)]
     config = json.loads((run_dir / "checkpoints" / f"step-{STEPS:08d}" / "COMPLETE.json").read_text())
@@ -112,8 +94,8 @@ def _saved(zero: Path, name: str, key: str) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(("source", "nproc", "stage"), [("zero2", 3, 3), ("zero3", 1, 1), ("zero2", 1, "3_offload")])
-def test_master_weights_and_adam_moments_survive_the_change(reference, zero_runs, tmp_path, source, nproc, stage):
-    ckpt = (reference / "checkpoints" / f"step-{CUT:08d}" if source == "zero2"
+def test_master_weights_and_adam_moments_survive_the_change(elastic_run, zero_runs, tmp_path, source, nproc, stage):
+    ckpt = (elastic_run / "checkpoints" / f"step-{CUT:08d}" if source == "zero2"
             else zero_runs[3] / "checkpoints" / "step-00000012")
     zero = _saved_state(ckpt, tmp_path / "universal")
     loaded = _loaded_state(ckpt, nproc, stage, tmp_path / "loaded.pt")
@@ -123,30 +105,30 @@ def test_master_weights_and_adam_moments_survive_the_change(reference, zero_runs
             assert torch.equal(values[key].reshape(-1), _saved(zero, name, key)), (name, key)
 
 
-def test_raising_max_steps_continues_the_decay_without_a_jump(train_data, reference, tmp_path):
+def test_raising_max_steps_continues_the_decay_without_a_jump(train_data, elastic_run, tmp_path):
     run_dir = tmp_path / "run"
-    shutil.copytree(reference, run_dir)
-    result = run_command(_command(train_data, run_dir, 2, 2, "--max-steps", "30"))
+    shutil.copytree(elastic_run, run_dir)
+    result = run_command(elastic_command(train_data, run_dir, 2, 2, "--max-steps", "30"))
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "--max-steps 30 (the checkpoint planned 18)" in output
     lrs = [lr for _, (_, lr) in sorted(_losses(run_dir).items())]
-    peak = max(lr for _, lr in _losses(reference).values())
-    assert len(lrs) == 30 and max(lrs) == peak and lrs[:STEPS] == [lr for _, lr in _losses(reference).values()]
+    peak = max(lr for _, lr in _losses(elastic_run).values())
+    assert len(lrs) == 30 and max(lrs) == peak and lrs[:STEPS] == [lr for _, lr in _losses(elastic_run).values()]
     steepest = max(a - b for a, b in zip(lrs[4:17], lrs[5:18], strict=True))  # the planned decay's own slope
     assert all(0 <= a - b <= steepest for a, b in zip(lrs[17:], lrs[18:], strict=False))
     assert lrs[-1] == pytest.approx(peak / 10, rel=0.2)  # close to tiny's min_lr at the new last step
-    again = run_command(_command(train_data, run_dir, 2, 2, "--max-steps", "30"))  # the plan is kept
+    again = run_command(elastic_command(train_data, run_dir, 2, 2, "--max-steps", "30"))  # the plan is kept
     assert again.returncode == 0 and "nothing to train" in again.stderr
 
 
-def test_lowering_max_steps_below_the_step_reached_ends_at_once(train_data, reference, tmp_path):
+def test_lowering_max_steps_below_the_step_reached_ends_at_once(train_data, elastic_run, tmp_path):
     start = time.time()
-    result = run_command(_command(train_data, reference, 2, 2, "--max-steps", "10"))
+    result = run_command(elastic_command(train_data, elastic_run, 2, 2, "--max-steps", "10"))
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if "nothing to train" in line]
-    assert lines == [f"{reference} has trained {STEPS} steps, beyond --max-steps 10: nothing to train (raise "
-                     f"--max-steps to train longer; tools/consolidate.py {reference} HF_DIR to use it)"]
+    assert lines == [f"{elastic_run} has trained {STEPS} steps, beyond --max-steps 10: nothing to train (raise "
+                     f"--max-steps to train longer; tools/consolidate.py {elastic_run} HF_DIR to use it)"]
     assert "DeepSpeed" not in result.stdout + result.stderr and time.time() - start < 15
 
 
@@ -159,28 +141,28 @@ def _refusal(cmd: list[str]) -> str:
     return errors[0]
 
 
-def test_another_shape_dataset_or_vocabulary_is_refused_before_loading(train_data, reference, tmp_path, cache_dir):
-    line = _refusal(_command(train_data, reference, 2, 2, "--n-layer", "3"))
+def test_another_shape_dataset_or_vocabulary_is_refused_before_loading(train_data, elastic_run, tmp_path, cache_dir):
+    line = _refusal(elastic_command(train_data, elastic_run, 2, 2, "--n-layer", "3"))
     assert "--n-layer 3 (the checkpoint's 2)" in line and "new --run-dir" in line
     other = tmp_path / "other"  # the same vocabulary, another split
     assert run_prepare([ROOT / "sample" / "corpus"], other, cache_dir, "--tokenizer", str(train_data / "tokenizer"),
                        "--seq-len", "32", "--val-ratio", "0.1") == 0
-    line = _refusal(_command(other, reference, 2, 2))
+    line = _refusal(elastic_command(other, elastic_run, 2, 2))
     assert "with another dataset (fingerprint" in line and "then --init-from HF_DIR" in line
     chars = tmp_path / "chars"
     assert run_prepare([ROOT / "sample" / "corpus"], chars, cache_dir, "--tokenizer", "char", "--seq-len", "32") == 0
-    line = _refusal(_command(chars, reference, 2, 2))
+    line = _refusal(elastic_command(chars, elastic_run, 2, 2))
     assert "another vocabulary" in line
-    line = _refusal(_command(train_data, reference, 2, 2, "--global-batch-size", "48"))
+    line = _refusal(elastic_command(train_data, elastic_run, 2, 2, "--global-batch-size", "48"))
     assert "trained with global batch 24; this run asks for 48" in line
-    unset = _command(train_data, reference, 2, 2, "--micro-batch-size", "5")
+    unset = elastic_command(train_data, elastic_run, 2, 2, "--micro-batch-size", "5")
     del unset[unset.index("--global-batch-size"):unset.index("--global-batch-size") + 2]  # the checkpoint's, then
     line = _refusal(unset)
     assert "trained with global batch 24, which --micro-batch-size 5 × 2 processes does not divide" in line
 
 
-def test_deepspeeds_zero_to_fp32_works_without_a_tag(reference, tmp_path):
-    ckpt = reference / "checkpoints" / f"step-{STEPS:08d}"
+def test_deepspeeds_zero_to_fp32_works_without_a_tag(elastic_run, tmp_path):
+    ckpt = elastic_run / "checkpoints" / f"step-{STEPS:08d}"
     assert (ckpt / "latest").read_text() == checkpoint.DS_TAG
     result = subprocess.run([sys.executable, str(ckpt / "zero_to_fp32.py"), str(ckpt), str(tmp_path / "out")],
                             capture_output=True, text=True, env=train_env(), timeout=300)

@@ -37,10 +37,17 @@ def _slurm_up() -> bool:
 needs_slurm = pytest.mark.skipif(not _slurm_up(), reason="no local Slurm with 2 nodes (tests/slurm/start_slurm.sh)")
 
 
+# The runs here are compared bit for bit with the 2-process reference, whose torchrun gives each process one
+# thread; a CPU's reductions depend on the thread count, so these jobs get one too. (tests/test_launchers.py starts
+# Slurm jobs with the thread settings of a user's shell.)
+SAME_THREADS = {"OMP_NUM_THREADS": "1"}
+
+
 def _submit(data: Path, run_dir: Path, log: Path, *options: str, nodes: int = 2, extra: tuple[str, ...] = ()) -> str:
     env = dict(train_env(), PRESET="tiny", DATA=str(data), RUN_DIR=str(run_dir), PROCS_PER_NODE="1",
-               DS_CONFIG=str(ROOT / "ds_configs" / "zero2.json"), REPO=str(ROOT), PYTHON=sys.executable)
-    cmd = ["sbatch", "--parsable", "--nodes", str(nodes), "--gpus-per-node", "0", "--cpus-per-task", "1", *options,
+               DS_CONFIG=str(ROOT / "ds_configs" / "zero2.json"), REPO=str(ROOT), PYTHON=sys.executable,
+               **SAME_THREADS)
+    cmd = ["sbatch", "--parsable", "--nodes", str(nodes), "--cpus-per-task", "1", *options,
            "--output", str(log), str(ROOT / "slurm" / "train.sh"), *COMMON[2:], *extra]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
@@ -53,7 +60,7 @@ def _state(job: str) -> str:
     return match.group(1) if match else "UNKNOWN"
 
 
-def _wait_for(job: str, states: set[str], timeout: float = 300) -> str:
+def wait_for_job(job: str, states: set[str], timeout: float = 300) -> str:
     deadline = time.time() + timeout
     while time.time() < deadline:
         state = _state(job)
@@ -68,7 +75,7 @@ def _wait_for(job: str, states: set[str], timeout: float = 300) -> str:
 def test_two_node_sbatch_run_equals_a_single_node_run(train_data, zero_runs, tmp_path):
     run_dir, log = tmp_path / "run", tmp_path / "job.out"
     job = _submit(train_data, run_dir, log)
-    assert _wait_for(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}) == "COMPLETED", log.read_text()[-3000:]
+    assert wait_for_job(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}) == "COMPLETED", log.read_text()[-3000:]
     text = log.read_text()
     assert "node n1 (node rank 0)" in text and "node n2 (node rank 1)" in text
     assert "restart 0" in text and "training finished" in text
@@ -86,11 +93,12 @@ def test_usr1_checkpoints_requeues_and_resumes_exactly(train_data, zero_runs, tm
             break
         time.sleep(0.2)
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, timeout=10)
-    assert _wait_for(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=400) == "COMPLETED", \
+    assert wait_for_job(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=400) == "COMPLETED", \
         log.read_text()[-3000:]
     text = log.read_text()
-    assert "signal received" in text and "requeueing" in text
+    assert text.count("signal received") == 1 and text.count("requeueing") == 1, text  # the requeue said once
     assert "restart 1" in text and "resuming from " + str(run_dir) in text
+    assert "status 75" not in text and "Traceback" not in text
     assert "training finished" in text
     assert train_lines(run_dir) == train_lines(zero_runs[2])
 
@@ -123,11 +131,11 @@ def test_a_job_stopped_on_two_nodes_resumes_on_one_with_the_same_samples(train_d
     job = _submit(train_data, run_dir, tmp_path / "first.out", "--no-requeue", extra=("--log-samples",))
     _wait_for_step(run_dir, 9)  # after the step-6 checkpoint
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, timeout=10)
-    _wait_for(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=400)
+    wait_for_job(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=400)
     first = (tmp_path / "first.out").read_text()
     assert "trainer exited with status 75" in first, first[-3000:]  # --no-requeue: scontrol requeue refused
     job = _submit(train_data, run_dir, tmp_path / "second.out", nodes=1, extra=("--log-samples",))
-    state = _wait_for(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=400)
+    state = wait_for_job(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=400)
     second = (tmp_path / "second.out").read_text()
     assert state == "COMPLETED", second[-3000:]
     assert "(1 × 1 processes)" in second and "saved on 2 processes, ZeRO-2, converted" in second
@@ -149,10 +157,21 @@ def test_torchrun_two_launchers_on_loopback(train_data, zero_runs, tmp_path):
                "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port, "-m", "gpt_novel.train",
                *COMMON, "--data", str(train_data), "--run-dir", str(run_dir),
                "--deepspeed", str(ROOT / "ds_configs" / "zero2.json")]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=train_env(), stdout=subprocess.DEVNULL,
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env={**train_env(), **SAME_THREADS}, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL))
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     assert train_lines(run_dir) == train_lines(zero_runs[2])
+
+
+@needs_slurm
+def test_a_refused_job_says_why_last_and_leaves_no_run_directory(train_data, tmp_path):
+    run_dir, log = tmp_path / "run", tmp_path / "job.out"
+    job = _submit(train_data, run_dir, log, nodes=2, extra=("--n-embd", "130"))
+    assert wait_for_job(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}) == "FAILED", log.read_text()[-3000:]
+    text = log.read_text()
+    assert text.splitlines()[-1].endswith("trainer exited with status 2: n_embd 130 is not divisible by n_head 4")
+    assert text.count("gpt-novel train: error: n_embd 130") == 1 and "Traceback" not in text, text
+    assert not run_dir.exists()
 
 
 @needs_slurm

@@ -169,6 +169,7 @@ def test_compiled_model_trains_like_the_eager_one_and_consolidates(data, tmp_pat
         result = subprocess.run(cmd, cwd=ROOT, env=dict(train_env(), TORCHINDUCTOR_CACHE_DIR=str(inductor)),
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert result.stdout.count("--compile: inductor builds kernels") == (compiled == "true")  # said once
         losses[compiled] = [loss for _, loss, *_ in train_lines(run_dir) if loss is not None]
         kernels = [f for f in inductor.rglob("*") if f.is_file()] if inductor.exists() else []
         assert bool(kernels) == (compiled == "true")  # inductor built kernels for the compiled run only
