@@ -45,7 +45,7 @@ set -uo pipefail
 
 REPO=${REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
-if [ ! -x "$PYTHON" ]; then
+if ! command -v "$PYTHON" >/dev/null; then
   echo "[slurm/train.sh] no Python at $PYTHON: run \`make install\` in the checkout (on a shared file system), or set PYTHON" >&2
   exit 2
 fi
