@@ -17,52 +17,60 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import io
 import json
+import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from gpt_novel.checkpoint import DS_TAG
+from gpt_novel.data.stream import die_with_parent
 from gpt_novel.errors import UserError
 
 PREFIX = ".universal-"
 SHAPES = "shapes.json"
-DS_TAG = "ds"  # the tag DeepSpeed saves under in every checkpoint (checkpoint.DS_TAG), and the one loaded here
+PARENT_ENV = "GPT_NOVEL_CONVERTER_PARENT"
 EXTRACT_WORKERS, MERGE_WORKERS = 2, 1
-_PR_SET_PDEATHSIG = 1
 
 
 def convert(checkpoint_dir: Path, zero_stage: int, shapes: dict[str, tuple[int, ...]]) -> Path:
     """Rank 0: convert `checkpoint_dir` into RUN_DIR/checkpoints/.universal-step-N/ (removed by `discard`) for
     loading at `zero_stage` (`shapes`: the model's parameter shapes); returns the folder DeepSpeed loads. A stop
-    request or an error while it runs kills the converter and removes its output."""
+    request or an error at any point kills the converter and removes its output."""
     out = checkpoint_dir.parent / f"{PREFIX}{checkpoint_dir.name}"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    (out / SHAPES).write_text(json.dumps(shapes), encoding="utf-8")
+    try:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        (out / SHAPES).write_text(json.dumps(shapes), encoding="utf-8")
+        _run_converter(checkpoint_dir, out, zero_stage)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return out
+
+
+def _run_converter(checkpoint_dir: Path, out: Path, zero_stage: int) -> None:
+    """`python -m gpt_novel.universal`, waited for in Python (a signal's handler runs at once); killed on any
+    exception, its output shown when it fails."""
     command = [sys.executable, "-m", "gpt_novel.universal", str(checkpoint_dir / DS_TAG), str(out), str(zero_stage)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", PARENT_ENV: str(os.getpid())}
     with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            while proc.poll() is None:  # in Python, not in a blocking wait: a signal's handler runs at once
+            while proc.poll() is None:
                 time.sleep(0.1)
         except BaseException:
             proc.kill()
             proc.wait()
-            shutil.rmtree(out, ignore_errors=True)
             raise
         if proc.returncode != 0:
-            shutil.rmtree(out, ignore_errors=True)
             log.seek(0)
             raise _failure(checkpoint_dir, proc.returncode, log.read())
-    return out
 
 
 def _failure(checkpoint_dir: Path, code: int, output: str) -> Exception:
@@ -86,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("zero_stage", type=int)
     args = parser.parse_args(argv)
-    _die_with_parent()
-    os.register_at_fork(after_in_child=_die_with_parent)  # ds_to_universal's pool workers too
+    die_with_parent()
+    if os.environ.get(PARENT_ENV, str(os.getppid())) != str(os.getppid()):
+        return 1  # the trainer died while this process started, before the parent-death signal was asked for
+    os.register_at_fork(after_in_child=die_with_parent)  # ds_to_universal's pool workers too
     try:
         shapes = {name: tuple(shape) for name, shape in
                   json.loads((args.out / SHAPES).read_text(encoding="utf-8")).items()}
@@ -97,12 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
-
-
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this process when the process that started it dies, however it dies."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _ds_to_universal(input_folder: str, output_folder: Path) -> None:
@@ -146,8 +150,8 @@ def bridge_stages(folder: Path, zero_stage: int, shapes: dict[str, tuple[int, ..
         for name, shape in shapes.items():
             for key in ("fp32", "exp_avg", "exp_avg_sq"):
                 flat = torch.load(_known(zero / name / f"{key}.pt"), weights_only=True)
-                if not isinstance(flat, torch.Tensor) or flat.numel() != _numel(shape):
-                    raise _unknown_layout(f"zero/{name}/{key}.pt is not a flat tensor of {_numel(shape)} values")
+                if not isinstance(flat, torch.Tensor) or flat.numel() != math.prod(shape):
+                    raise _unknown_layout(f"zero/{name}/{key}.pt is not a flat tensor of {math.prod(shape)} values")
                 torch.save({"param": flat.view(shape), "cat_dim": 0}, zero / name / f"{key}.pt")
             torch.save(step, zero / name / "step.pt")
     torch.save(optim, zero / "optimizer_state.pt")
@@ -172,13 +176,6 @@ def _layout(tree: dict, *keys):
             raise _unknown_layout(f"optimizer_state.pt has no {'/'.join(map(str, keys))}")
         tree = tree[key]
     return tree
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    total = 1
-    for n in shape:
-        total *= n
-    return total
 
 
 def _unknown_layout(what: str) -> UserError:
