@@ -57,7 +57,7 @@ def run(args, work: Path) -> dict:
               "resumed_at_step": args.steps,
               "checkpoint_mb": round(sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file()) / 2**20, 1)}
     for name, (nproc, stage) in LAYOUTS.items():
-        run_dir = _cut(reference, work / f"resumed-{nproc}-{stage}", args.steps)
+        run_dir = cut(reference, work / f"resumed-{nproc}-{stage}", args.steps)
         output = _call(_command(run_dir, data, nproc, stage, total))
         seconds = float(re.search(r"universal checkpoint and loaded in ([\d.]+) s", output).group(1))
         want, got = _losses(reference), _losses(run_dir)
@@ -67,7 +67,7 @@ def run(args, work: Path) -> dict:
     return report
 
 
-def _cut(reference: Path, to: Path, step: int) -> Path:
+def cut(reference: Path, to: Path, step: int) -> Path:
     """The reference run as it was right after its checkpoint of `step` (as if killed then)."""
     shutil.rmtree(to, ignore_errors=True)
     shutil.copytree(reference, to, ignore=shutil.ignore_patterns("DONE", ".lock"))

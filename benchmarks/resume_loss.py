@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from resume import cut  # a run as it was at one of its checkpoints
+from startup import call  # a command from a user's shell (no thread settings)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "corpus"
@@ -50,15 +50,15 @@ def main() -> None:
 
 def run(args, work: Path) -> dict:
     data, first = work / "data", work / "first"
-    _call([sys.executable, "-m", "gpt_novel", "prepare", str(args.corpus), "--out", str(data), "--tokenizer",
+    call([sys.executable, "-m", "gpt_novel", "prepare", str(args.corpus), "--out", str(data), "--tokenizer",
            args.tokenizer, "--seq-len", str(args.seq_len), "--force"])
-    _call(_command(first, data, 2, args.planned, "--save-every", str(args.cut)))
+    call(_command(first, data, 2, args.planned, "--save-every", str(args.cut)))
     report = {"corpus": str(args.corpus), "tokenizer": args.tokenizer, "seq_len": args.seq_len, "cut": args.cut,
               "until": args.until, "planned": args.planned}
     losses = {}
     for name, nproc in (("same 2 processes", 2), ("1 process (elastic)", 1)):
-        run_dir = _cut(first, work / f"continued-{nproc}", args.cut)
-        _call(_command(run_dir, data, nproc, args.until))
+        run_dir = cut(first, work / f"continued-{nproc}", args.cut)
+        call(_command(run_dir, data, nproc, args.until))
         records = {r["step"]: r for r in _metrics(run_dir) if "loss" in r and r["step"] > args.cut}
         losses[name] = {step: r["loss"] for step, r in records.items()}
         step = max(range(args.cut + 2, args.until + 1), key=lambda s: records[s]["loss"] - records[s - 1]["loss"])
@@ -76,30 +76,10 @@ def _command(run_dir: Path, data: Path, nproc: int, steps: int, *extra: str) -> 
             str(run_dir), *extra]
 
 
-def _cut(reference: Path, to: Path, step: int) -> Path:
-    """The run as it was right after its checkpoint of `step`."""
-    shutil.rmtree(to, ignore_errors=True)
-    shutil.copytree(reference, to, ignore=shutil.ignore_patterns("DONE", ".lock"))
-    for ckpt in (to / "checkpoints").glob("step-*"):
-        if int(ckpt.name[5:]) > step:
-            shutil.rmtree(ckpt)
-    lines = (to / "metrics.jsonl").read_text().splitlines()
-    (to / "metrics.jsonl").write_text("".join(x + "\n" for x in lines if json.loads(x)["step"] <= step))
-    return to
-
-
 def _metrics(run_dir: Path) -> list[dict]:
     from gpt_novel.metrics import read_metrics
 
     return read_metrics(run_dir)
-
-
-def _call(cmd: list[str]) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # a user's shell
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    return done.stdout
 
 
 if __name__ == "__main__":

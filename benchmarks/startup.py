@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from resume import cut  # benchmarks/resume.py: a run as it was at one of its checkpoints
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 OPTIONS = ["--micro-batch-size", "4", "--global-batch-size", "24", "--num-workers", "1", "--warmup-steps", "2",
@@ -63,9 +65,9 @@ def main() -> None:
 def run(work: Path, repeats: int) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     data, reference = work / "data", work / "reference"
-    _call([str(BIN / "gpt-novel"), "prepare", str(ROOT / "sample" / "corpus"), "--out", str(data), "--seq-len", "32",
+    call([str(BIN / "gpt-novel"), "prepare", str(ROOT / "sample" / "corpus"), "--out", str(data), "--seq-len", "32",
            "--val-ratio", "0.2", "--force"])
-    _call([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", *TRAIN, *_options(data, reference, 12)])
+    call([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", *TRAIN, *_options(data, reference, 12)])
     launchers = dict(LAUNCHERS)
     if _slurm_up():
         for nodes in (1, 2):
@@ -88,13 +90,13 @@ def _options(data: Path, run_dir: Path, steps: int) -> list[str]:
 
 
 def _time_to_first_step(command: list[str], data: Path, reference: Path, run_dir: Path) -> float:
-    _cut(reference, run_dir)
+    cut(reference, run_dir, CUT)
     if command[0] == "sbatch":  # the script passes --config, --data and --run-dir from the environment
-        env = {**_env(), "PRESET": "tiny", "DATA": str(data), "RUN_DIR": str(run_dir), "REPO": str(ROOT),
+        env = {**user_env(), "PRESET": "tiny", "DATA": str(data), "RUN_DIR": str(run_dir), "REPO": str(ROOT),
                "PYTHON": sys.executable}
         command = [*command, *OPTIONS, "--max-steps", "1000"]
     else:
-        env, command = _env(), [*command, *_options(data, run_dir, 1000)]
+        env, command = user_env(), [*command, *_options(data, run_dir, 1000)]
     started = time.monotonic()
     proc = subprocess.Popen(command, cwd=run_dir.parent, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -109,16 +111,6 @@ def _time_to_first_step(command: list[str], data: Path, reference: Path, run_dir
     return seconds
 
 
-def _cut(reference: Path, to: Path) -> None:
-    """The reference run as it was right after its step-CUT checkpoint."""
-    shutil.copytree(reference, to, ignore=shutil.ignore_patterns("DONE", ".lock"))
-    for ckpt in (to / "checkpoints").glob("step-*"):
-        if int(ckpt.name[5:]) > CUT:
-            shutil.rmtree(ckpt)
-    lines = (to / "metrics.jsonl").read_text().splitlines()
-    (to / "metrics.jsonl").write_text("".join(x + "\n" for x in lines if json.loads(x)["step"] <= CUT))
-
-
 def _wheel_venv(work: Path) -> Path:
     """A fresh virtualenv with gpt-novel installed from its wheel; its libraries are this environment's (the tested
     set), reached through a path entry."""
@@ -126,12 +118,12 @@ def _wheel_venv(work: Path) -> Path:
     shutil.copytree(ROOT / "gpt_novel", source / "gpt_novel", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    _call([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(work / "dist"),
+    call([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(work / "dist"),
            str(source)])
-    _call([sys.executable, "-m", "venv", "--without-pip", str(venv)])
-    site = _call([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+    call([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    site = call([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
     (Path(site.strip()) / "tested-set.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    _call([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps", "-q",
+    call([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps", "-q",
            *map(str, (work / "dist").glob("gpt_novel-*.whl"))])
     return venv
 
@@ -145,14 +137,14 @@ def _slurm_up() -> bool:
     return len(set(out.split())) >= 2
 
 
-def _env() -> dict[str, str]:
+def user_env() -> dict[str, str]:
     """A user's shell: no thread settings, no launcher variables."""
     return {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RANK",
                                                               "WORLD_SIZE", "LOCAL_RANK")}
 
 
-def _call(cmd: list[str]) -> str:
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=_env())
+def call(cmd: list[str]) -> str:
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=user_env())
     if done.returncode != 0:
         raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     return done.stdout

@@ -14,6 +14,7 @@ from gpt_novel import checkpoint, plan
 from gpt_novel.checkpoint import TrainerState
 from gpt_novel.config import train_config
 from gpt_novel.data.dataset import Dataset
+from gpt_novel.data.shards import sha256_file
 from gpt_novel.errors import UserError
 
 
@@ -31,8 +32,8 @@ def _checkpoint(run_dir: Path, data: Path, step: int, world: int, global_batch: 
     (path / checkpoint.STATE).write_text(state.to_json(), encoding="utf-8")
     (path / checkpoint.MODEL_CONFIG).write_text(json.dumps({"n_layer": 2, "n_head": 4, "n_embd": 128,
                                                             "n_positions": dataset.seq_len}), encoding="utf-8")
-    files = {name: {"bytes": (path / name).stat().st_size, "sha256": checkpoint.sha256_file(path / name)}
-             for name in checkpoint._files(path)}
+    names = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+    files = {name: {"bytes": (path / name).stat().st_size, "sha256": sha256_file(path / name)} for name in names}
     marker = {"step": step, "world_size": world, "global_batch_size": global_batch, "val_loss": None, "files": files}
     (path / checkpoint.MARKER).write_text(json.dumps(marker), encoding="utf-8")
     return path
