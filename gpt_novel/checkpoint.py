@@ -7,12 +7,13 @@ rank (python, numpy, torch and CUDA RNG: per-rank state never goes through DeepS
 only keep for rank 0), a copy of the tokenizer, `config.yaml`, and last `COMPLETE.json`, which lists every file with
 its size and sha256 (the ranks hash their share of the files in parallel). Everything is written under a `.tmp-`
 name and renamed when all ranks are done; only then is the marker written, so a directory without a valid marker is
-incomplete and skipped. Before a load every file is checked against its digest (again split among the ranks): a
-damaged file makes the checkpoint unusable, named in a warning, and resume falls back to the previous one.
+incomplete and skipped. Before a load every file is checked against its digest (again split among the ranks), and
+a file the marker does not list is refused: a damaged or added file makes the checkpoint unusable, named in a
+warning, and resume falls back to the previous one.
 
 Trust: our own files are JSON and cannot run code. DeepSpeed's `ds/*.pt` are pickles that its loader unpickles; the
-digests protect against damage, not against someone who rewrites the marker too: a checkpoint is code unless it
-came from you (see the README).
+digests and the exact file list protect against damage and against a file dropped into a finished checkpoint, not
+against someone who rewrites the marker too: a checkpoint is code unless it came from you (see the README).
 """
 
 from __future__ import annotations
@@ -255,6 +256,9 @@ def problem(path: Path, rank: int = 0, world: int = 1, digests: bool = False) ->
     files = marker.get("files", {})
     if digests and any(not isinstance(v, dict) for v in files.values()):
         return "its completion marker records no digests (saved by an older gpt-novel)"
+    unlisted = _unlisted(path, files)
+    if unlisted:
+        return f"{unlisted} is not listed in its {MARKER} (a file added after the save is never loaded)"
     for name, want in files.items():
         f = path / name
         if not f.is_file():
@@ -265,6 +269,19 @@ def problem(path: Path, rank: int = 0, world: int = 1, digests: bool = False) ->
     for name in sorted(files)[rank::world] if digests else []:
         if sha256_file(path / name) != files[name]["sha256"]:
             return f"{name} does not match its sha256 (damaged)"
+    return None
+
+
+def _unlisted(path: Path, files: dict) -> str | None:
+    """The first entry of a checkpoint that its marker does not list, or that is not a plain file or folder (a link
+    could lead anywhere). DeepSpeed's loaders glob the folder, so an added file would be unpickled: a checkpoint is
+    exactly its marker."""
+    for entry in sorted(path.rglob("*")):
+        name = str(entry.relative_to(path))
+        if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
+            return name
+        if entry.is_file() and name != MARKER and name not in files:
+            return name
     return None
 
 

@@ -296,6 +296,28 @@ def test_planted_pickles_in_a_checkpoint_never_run(zero_runs, tmp_path):
     assert not marker.exists()
 
 
+def test_a_file_added_to_a_finished_checkpoint_is_never_loaded(zero_runs, tmp_path):
+    """DeepSpeed's loaders glob ds/: an extra rank's optimizer file, left out of COMPLETE.json, would be unpickled
+    by consolidation and by an elastic resume. The checkpoint is refused (or skipped for the one before it)."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(zero_runs[2], run_dir, ignore=shutil.ignore_patterns(".lock"))
+    newest = run_dir / "checkpoints" / f"step-{STEPS:08d}"
+    marker = tmp_path / "pwned"
+    added = "ds/bf16_zero_pp_rank_2_mp_rank_00_optim_states.pt"
+    (newest / added).write_bytes(pickle.dumps(_Planted(marker)))
+    why = f"{added} is not listed in its COMPLETE.json (a file added after the save is never loaded)"
+    with pytest.raises(UserError, match="cannot be used: " + why.replace("(", r"\(").replace(")", r"\)")):
+        consolidate.consolidate(newest, tmp_path / "hf")
+    warnings = []
+    older = run_dir / "checkpoints" / f"step-{STEPS - 6:08d}"
+    assert checkpoint.find_latest(run_dir, warn=warnings.append) == older  # the check before a (elastic) resume
+    assert warnings == [f"warning: skipping checkpoint {newest.name}: {why}"]
+    (newest / added).unlink()
+    (newest / "ds" / "elsewhere").symlink_to(older / "ds")
+    assert checkpoint.problem(newest).startswith("ds/elsewhere is not listed")
+    assert not marker.exists()
+
+
 def test_same_size_damage_in_a_checkpoint_is_named(zero_runs, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(zero_runs[2], run_dir)
