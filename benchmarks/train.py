@@ -12,8 +12,9 @@ with the mean of the bare runs on either side; the ratio reported is the median 
 
 The default DeepSpeed config is ZeRO-1: in one process there is nothing to partition, and ZeRO-2's per-micro-batch
 gradient bucketing costs a few percent on a CPU (`--deepspeed ds_configs/zero2.json` measures it). Targets
-(issue 3): trainer / bare ≥ 0.95; time waiting for data < 1% of step time. Without --data, the shipped sample is
-prepared into a temporary directory.
+(issue 3): trainer / bare ≥ 0.95; time waiting for data < 1% of step time. `shard_check` is the cost of checking,
+after every sample read, that its shard is still the file that was verified (issue 22): the reader's tokens/s with
+and without it. Without --data, the shipped sample is prepared into a temporary directory.
 """
 
 from __future__ import annotations
@@ -105,6 +106,35 @@ def _bare(args, data: Path) -> dict:
     return {"tokens_per_s": statistics.median(tokens / t for t in times[args.warmup:])}
 
 
+def _shard_check(data: Path, reads: int = 20_000) -> dict:
+    """What verifying shards during the run costs: the data stream compares each open shard's identity (one fstat)
+    with the verified one after every sample read, so a shard changed mid-run is hashed again, never trained on.
+    Times `reads` sample reads as the trainer's data workers do them, and the fstat and compare alone."""
+    import os
+
+    from gpt_novel.data import stream as stream_
+    from gpt_novel.data.dataset import Dataset
+
+    shards = stream_.ShardSet.load(Dataset.load(data), "train")
+    order = [(j, i) for j in range(len(shards.counts)) for i in range(int(shards.counts[j]))]
+    picks = [order[k % len(order)] for k in range(reads)]
+    for shard, index in picks[: len(order)]:
+        shards.read(shard, index)  # verified and opened before timing
+    start = time.perf_counter()
+    for shard, index in picks:
+        shards.read(shard, index)
+    with_check = time.perf_counter() - start
+    fds = shards._fds
+    start = time.perf_counter()
+    for shard, _ in picks:
+        _ = stream_._identity(os.fstat(fds[shard])) != shards._verified[shard]
+    check = time.perf_counter() - start
+    tokens = reads * (shards.sample_len - 1)
+    return {"reader_tokens_per_s": round(tokens / with_check), "reader_tokens_per_s_without_check":
+            round(tokens / (with_check - check)), "check_us_per_sample": round(check / reads * 1e6, 2),
+            "check_share_of_a_read": round(check / with_check, 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path)
@@ -132,6 +162,7 @@ def main() -> None:
             trainer.append(_trainer(args, data, tmp / f"run{i}"))
             bare.append(_bare(args, data)["tokens_per_s"])
         seq_len = _seq_len(data)
+        shard_check = _shard_check(data)
     ratios = [t["tokens_per_s"] / ((bare[i] + bare[i + 1]) / 2) for i, t in enumerate(trainer)]
     ratio = statistics.median(ratios)
     wait = statistics.mean(t["data_wait_fraction"] for t in trainer)
@@ -145,6 +176,7 @@ def main() -> None:
         "ratios": [round(r, 3) for r in ratios],
         "ratio": round(ratio, 3), "ratio_target": 0.95, "ratio_ok": ratio >= 0.95,
         "data_wait_fraction": round(wait, 5), "data_wait_target": 0.01, "data_wait_ok": wait < 0.01,
+        "shard_check": shard_check,
     }, indent=2))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections import Counter
 
 import numpy as np
@@ -129,3 +130,38 @@ def test_one_shard_serves_more_ranks_and_workers_than_it_has_shards(tmp_path):
         stream = TrainStream(one, StreamSpec(3, rank, 2, 4, 1))
         seen += [i for b in itertools.islice(make_loader(stream, 3), stream.batches_per_epoch) for i in _ids(b)]
     assert sorted(seen) == list(range(40))
+
+
+def _stream_of_one_shard(root) -> tuple[TrainStream, list]:
+    samples = np.zeros((64, 5), dtype=np.uint16)
+    samples[:, 0] = np.arange(64)
+    infos = shards.write_shards(samples, root / "train", "train", 1000, root)
+    return TrainStream(ShardSet(root, infos, 5, 1 << 16), StreamSpec(3, 0, 1, 4, 1)), infos
+
+
+def test_a_shard_rewritten_during_the_run_is_never_trained_on(tmp_path):
+    """Same size, in place, while a DataLoader worker reads it: the worker's next read finds the file changed,
+    hashes it again and ends the run in one line; no batch holds the new bytes."""
+    stream, infos = _stream_of_one_shard(tmp_path)
+    path = tmp_path / infos[0].path
+    batches = iter(make_loader(stream, 1))
+    assert next(batches)[:, 1:].sum() == 0
+    altered = tmp_path / "altered"
+    shards.write_shards(np.full((64, 5), 10, dtype=np.uint16), altered / "train", "train", 1000, altered)
+    with open(path, "r+b") as f:  # the same inode and size, as a rewrite in place would be
+        f.write((altered / infos[0].path).read_bytes())
+    with pytest.raises(UserError, match=r"^shard train/train-000000.tar of .* has changed since it was verified at "
+                                        r"the start: sha256 .*the data directory is damaged; prepare it again$"):
+        for batch in itertools.islice(batches, 100):
+            assert batch[:, 1:].sum() == 0
+
+
+def test_a_shard_truncated_during_the_run_is_one_line_and_a_touch_changes_nothing(tmp_path):
+    stream, infos = _stream_of_one_shard(tmp_path)
+    path = tmp_path / infos[0].path
+    first = stream.batch(0)
+    os.utime(path, ns=(0, 0))
+    assert torch.equal(stream.batch(0), first)
+    os.truncate(path, path.stat().st_size // 2)
+    with pytest.raises(UserError, match="has changed since it was verified at the start"):
+        stream.batch(15)

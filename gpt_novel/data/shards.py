@@ -14,11 +14,13 @@ from the target shard size; tar headers carry fixed times and owners, so the sam
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -149,10 +151,11 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def sha256_file(path: Path) -> str:
-    """The digest that decides whether a file is intact (shards, checkpoint files, inputs), read in 1 MiB blocks."""
+def sha256_file(path: Path | BinaryIO) -> str:
+    """The digest that decides whether a file is intact (shards, checkpoint files, inputs), read in 1 MiB blocks;
+    `path` may be a file already open (the very file a reader holds, even if its name now leads elsewhere)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(path, "rb") if isinstance(path, str | Path) else contextlib.nullcontext(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()

@@ -48,7 +48,9 @@ class ShardSet:
     A shard is checked against the manifest's sha256 before this process first reads it (a digest already checked
     for the same file, unchanged since by inode, size, mtime and ctime, is remembered in the user's cache, so a
     rerun does not read every shard twice), and every sample's ids against the vocabulary size: a missing,
-    truncated, altered or foreign shard is a `UserError` naming it, never a silent or cryptic failure."""
+    truncated, altered or foreign shard is a `UserError` naming it, never a silent or cryptic failure. After each
+    read the open file's identity is compared with the verified one (one fstat): a shard written to during the
+    run is hashed again, and its new bytes are never trained on."""
 
     def __init__(self, root: Path, shards: list[ShardInfo], sample_len: int, vocab_size: int):
         self.root = root
@@ -57,6 +59,7 @@ class ShardSet:
         self.counts = np.array([s.samples for s in shards], dtype=np.int64)
         self.sample_len, self.vocab_size = sample_len, vocab_size
         self._offsets: dict[int, list[int]] = {}
+        self._verified: dict[int, tuple[int, ...]] = {}  # shard → `_identity` of the file its digest was checked on
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
 
@@ -76,14 +79,17 @@ class ShardSet:
         """Sample `index` of shard `shard` (one pread of its .npy member)."""
         if os.getpid() != self._pid:  # a forked DataLoader worker opens its own files
             self._fds, self._pid = {}, os.getpid()
-        offsets = self._member_offsets(shard)
-        start, size = offsets[index]
+        start, size = self._member_offsets(shard)[index]
         try:
             fd = self._fds.get(shard)
             if fd is None:
                 fd = self._fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
-            sample = np.load(io.BytesIO(os.pread(fd, size, start)), allow_pickle=False)
-        except (OSError, ValueError) as e:
+            raw = os.pread(fd, size, start)
+            if _identity(os.fstat(fd)) != self._verified[shard]:  # after the read: these bytes are what was checked
+                self._verify_again(shard, fd)
+                raw = os.pread(fd, size, start)
+            sample = np.load(io.BytesIO(raw), allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
             raise self._damaged(shard, f"cannot read sample {index} ({e})") from None
         if sample.size and int(sample.max()) >= self.vocab_size:
             raise self._damaged(shard, f"sample {index} holds token id {int(sample.max())}, beyond the vocabulary "
@@ -106,31 +112,49 @@ class ShardSet:
     def _verify(self, shard: int) -> None:
         path, digest = self.paths[shard], self.digests[shard]
         try:
-            seen = _verified_marker(path, digest)
-            if seen.exists():
-                return
-            actual = sha256_file(path)
+            st = path.stat()
+            seen = _verified_marker(path, st, digest)
+            if not seen.exists():
+                self._check_digest(shard, sha256_file(path), "")
+                with contextlib.suppress(OSError):
+                    seen.parent.mkdir(parents=True, exist_ok=True)
+                    seen.touch()
         except FileNotFoundError:
             raise self._damaged(shard, "is missing") from None
         except OSError as e:
             raise self._damaged(shard, f"cannot be read ({e.strerror})") from None
+        self._verified[shard] = _identity(st)
+
+    def _verify_again(self, shard: int, fd: int) -> None:
+        """The shard changed on disk since it was verified (a write, a truncation, a replaced file): its bytes are
+        hashed again, and trained on only if they are still the manifest's (a `touch` changes nothing)."""
+        st = os.fstat(fd)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            actual = sha256_file(f)
+        self._check_digest(shard, actual, " since it was verified at the start")
+        self._verified[shard] = _identity(st)
+
+    def _check_digest(self, shard: int, actual: str, when: str) -> None:
+        digest = self.digests[shard]
         if actual != digest:
-            raise self._damaged(shard, f"has sha256 {actual[:12]}…, the manifest says {digest[:12]}… (altered or "
-                                "truncated)")
-        with contextlib.suppress(OSError):
-            seen.parent.mkdir(parents=True, exist_ok=True)
-            seen.touch()
+            raise self._damaged(shard, f"has changed{when}: sha256 {actual[:12]}…, the manifest says "
+                                f"{digest[:12]}… (altered or truncated)")
 
     def _damaged(self, shard: int, what: str) -> UserError:
         name = self.paths[shard].relative_to(self.root)
         return UserError(f"shard {name} of {self.root} {what}: the data directory is damaged; prepare it again")
 
 
-def _verified_marker(path: Path, digest: str) -> Path:
-    """An empty file in the user's cache whose name says "this exact file (inode, size, mtime, ctime) was checked
-    against this digest"; any change to the file changes its ctime, and so the name. Nothing in it is ever read."""
-    st = path.stat()
-    key = f"{path.resolve()}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{digest}"
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    """What changes whenever a file's bytes do: any write or truncation sets its ctime (which no user can set
+    back, unlike the mtime), a replaced file has another inode."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _verified_marker(path: Path, st: os.stat_result, digest: str) -> Path:
+    """An empty file in the user's cache whose name says "this exact file (`_identity`) was checked against this
+    digest"; any change to the file changes its ctime, and so the name. Nothing in it is ever read."""
+    key = f"{path.resolve()}|{'|'.join(map(str, _identity(st)))}|{digest}"
     name = hashlib.sha256(key.encode()).hexdigest()
     return default_cache_dir() / "verified-shards" / name[:2] / name
 
