@@ -15,12 +15,14 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from docstring_parser import parse_from_object
-from jsonargparse import ArgumentError, ArgumentParser, DefaultHelpFormatter
+from jsonargparse import ArgumentError, ArgumentParser, DefaultHelpFormatter, get_loader
 
 from gpt_novel.data.dataset import Dataset
 from gpt_novel.data.vocab import DEFAULT_SPECIALS, PRETRAINED, ROLES, Vocab, given_kind, tokenizer_digest
 from gpt_novel.errors import UserError
+from gpt_novel.model_folder import check_tokenizer_folder
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30}
@@ -110,6 +112,8 @@ class PrepareConfig:
         if self.pretrained and not Path(self.tokenizer).is_dir():
             raise UserError(f"--tokenizer must be word, char or a Hugging Face tokenizer folder; {self.tokenizer} is "
                             "none of them")
+        if self.pretrained:  # before anything parses its files: a hostile one is one line, not a traceback
+            check_tokenizer_folder(Path(self.tokenizer), f"--tokenizer {self.tokenizer}")
         if self.pretrained and given_kind(self.tokenizer) != PRETRAINED:
             ours = Vocab.load(self.tokenizer)
             if ours.to_simplified != self.to_simplified:

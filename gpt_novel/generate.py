@@ -23,6 +23,7 @@ import torch
 from gpt_novel.data import ingest
 from gpt_novel.data.vocab import Vocab
 from gpt_novel.errors import UserError
+from gpt_novel.model_folder import check_model_folder
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -59,8 +60,34 @@ def generation_kwargs(vocab: Vocab, options: SamplingOptions) -> dict:
     )
 
 
+def device_of(spec: str | None) -> torch.device:
+    """The --device of sample, serve and eval as a torch.device (None: cuda when available), refused in one line
+    when it names no device or one this machine lacks, rather than a traceback from deep inside the model's load."""
+    if spec is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):  # meta and friends hold no weights to run
+        raise UserError(f"--device {spec} is not a device (cpu, cuda, cuda:1 …)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {spec}: MPS is not available on this machine")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {spec}: CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 …")
+    return device
+
+
 def load(model_dir: str | Path, device: str | None = None, dtype: str | None = None):
-    """(model, vocab) from a folder written by tools/consolidate.py."""
+    """(model, vocab) from a folder written by tools/consolidate.py, the device and every file of the folder
+    checked before anything loads it."""
+    model_dir = Path(model_dir)
+    target = device_of(device)
+    if not (model_dir / "config.json").is_file():
+        raise UserError(f"{model_dir} is not a model folder (no config.json); make one with tools/consolidate.py")
+    check_model_folder(model_dir, str(model_dir))
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
@@ -68,13 +95,10 @@ def load(model_dir: str | Path, device: str | None = None, dtype: str | None = N
 
     name_deepspeed_accelerator()  # transformers imports DeepSpeed when it is installed: no "Setting accelerator"
     logging.disable_progress_bar()  # a "Loading weights" bar for a folder that loads in a blink
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise UserError(f"{model_dir} is not a model folder (no config.json); make one with tools/consolidate.py")
     vocab = Vocab.load(model_dir)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch_dtype = DTYPES[dtype] if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
+    torch_dtype = DTYPES[dtype] if dtype else (torch.bfloat16 if target.type == "cuda" else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, use_safetensors=True,
+                                                 local_files_only=True).to(target).eval()
     if model.config.vocab_size != len(vocab):
         raise UserError(f"{model_dir}: the model has {model.config.vocab_size} tokens, its tokenizer {len(vocab)}")
     return model, vocab

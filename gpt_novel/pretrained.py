@@ -8,16 +8,13 @@ that contradicts it is refused), its tokenizer must be the data's (same tokens, 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from gpt_novel.data.dataset import Dataset
-from gpt_novel.data.vocab import Vocab
+from gpt_novel.data.vocab import Vocab, read_tokenizer
 from gpt_novel.errors import UserError
-
-SHAPE = ("n_layer", "n_head", "n_embd", "n_positions")
-WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+from gpt_novel.model_folder import SHAPE, check_model_folder
 
 
 @dataclass(frozen=True)
@@ -27,30 +24,17 @@ class InitFolder:
 
     @classmethod
     def load(cls, path: str | Path) -> InitFolder:
-        """The folder's config, its weights present as safetensors; one line otherwise."""
+        """The folder's config, every file of it checked (`model_folder`) before anything loads it; one line
+        otherwise."""
         path = Path(path)
-        try:
-            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"--init-from {path} is not a Hugging Face model folder (no config.json)") from None
-        except (OSError, ValueError) as e:
-            raise UserError(f"--init-from {path}: config.json is unreadable ({str(e).splitlines()[0]})") from None
-        if not isinstance(config, dict) or config.get("model_type") != "gpt2":
-            raise UserError(f"--init-from {path} holds a {config.get('model_type') if isinstance(config, dict) else ''}"
-                            " model; gpt-novel trains GPT-2 (model_type gpt2)")
-        if not any((path / name).is_file() for name in WEIGHTS):
-            pickled = (path / "pytorch_model.bin").exists()
-            why = (" (its pytorch_model.bin is a pickle, which could run code: convert it to safetensors where you "
-                   "trust it, e.g. with transformers' save_pretrained)") if pickled else ""
-            raise UserError(f"--init-from {path} has no model.safetensors{why}")
-        return cls(path, config)
+        if not (path / "config.json").is_file():
+            raise UserError(f"--init-from {path} is not a Hugging Face model folder (no config.json)")
+        return cls(path, check_model_folder(path, f"--init-from {path}"))
 
     def tokens(self) -> dict[str, int] | None:
         """The folder's tokenizer as token → id (tokenizer.json, else vocab.txt), or None when it has none."""
         if (self.path / "tokenizer.json").is_file():
-            from tokenizers import Tokenizer
-
-            return Tokenizer.from_file(str(self.path / "tokenizer.json")).get_vocab(with_added_tokens=True)
+            return read_tokenizer(self.path / "tokenizer.json").get_vocab(with_added_tokens=True)
         if (self.path / "vocab.txt").is_file():
             lines = (self.path / "vocab.txt").read_text(encoding="utf-8").split("\n")
             return {t: i for i, t in enumerate(lines[:-1] if lines[-1] == "" else lines)}

@@ -176,11 +176,14 @@ class Vocab:
         try:
             meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
             lines = (directory / "vocab.txt").read_text(encoding="utf-8").split("\n")
-            hf = _backend(directory / "tokenizer.json") if meta["kind"] == PRETRAINED else None
+            hf = read_tokenizer(directory / "tokenizer.json") if meta["kind"] == PRETRAINED else None
+            return cls(lines[:-1], meta["kind"], meta["to_simplified"], meta.get("specials"), hf)
         except FileNotFoundError as e:
             missing = Path(e.filename).name
             raise UserError(f"{directory} is not a gpt-novel tokenizer folder (missing {missing})") from None
-        return cls(lines[:-1], meta["kind"], meta["to_simplified"], meta.get("specials"), hf)
+        except (KeyError, TypeError, ValueError) as e:  # a folder from elsewhere: its files disagree or are damaged
+            raise UserError(f"{directory}: {META_FILE} and vocab.txt do not make a vocabulary ("
+                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def _as_ours(hf, newline: str):
@@ -198,12 +201,17 @@ def _as_ours(hf, newline: str):
     return tok
 
 
-def _backend(path: Path):
+def read_tokenizer(path: Path):
+    """The `tokenizers.Tokenizer` of a tokenizer.json; one line when it is not one (the library raises a bare
+    Exception for that, so nothing narrower can be caught)."""
     from tokenizers import Tokenizer
 
     if not path.is_file():
         raise FileNotFoundError(2, "missing", str(path))
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:
+        raise UserError(f"{path} is not a tokenizer ({str(e).splitlines()[0]})") from None
 
 
 # Files of a Hugging Face tokenizer folder (not the weights beside them): what the digest of a pretrained
@@ -212,13 +220,13 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "tokenizer.model", META_FILE)
 
 
-def given_kind(path: str | Path) -> str:
+def given_kind(path: str | Path) -> str | None:
     """The kind of vocabulary a --tokenizer folder gives: a gpt-novel one (a data directory's tokenizer/ or a
     model folder from tools/consolidate.py) keeps its kind, so a word vocabulary still segments with thulac; any
     other Hugging Face tokenizer is "pretrained"."""
     meta = Path(path) / META_FILE
-    if meta.is_file():
-        return json.loads(meta.read_text(encoding="utf-8"))["kind"]
+    if meta.is_file():  # no kind: Vocab.load says what is wrong with it
+        return json.loads(meta.read_text(encoding="utf-8")).get("kind")
     return PRETRAINED
 
 
