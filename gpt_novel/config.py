@@ -194,6 +194,7 @@ def parse_config(cls: type, argv: list[str], prog: str, description: str = "", e
     """Defaults ← each --config YAML in turn ← flags, typed; a bad value or unknown key is one UserError line. The
     files become the parser's defaults, so `--config tiny --help` shows the preset's values."""
     configs, flags = _split_configs(argv)
+    _check_flag_values(flags)
     parser = field_parser(cls, prog, description, epilog, positional)
     names = [f.name for f in dataclasses.fields(cls)]
     for path in configs:
@@ -218,10 +219,66 @@ def _split_configs(argv: list[str]) -> tuple[list[str], list[str]]:
             path = arg.removeprefix("--config=") if "=" in arg else next(args, "")
             if not Path(path).is_file():
                 raise UserError(f"--config {path}: no such file")
+            _check_config_file(path)
             configs.append(path)
         else:
             rest.append(arg)
     return configs, rest
+
+
+MAX_CONFIG_BYTES = 2**20  # a config holds a few dozen `option: value` lines; a bigger file is not one
+MAX_CONFIG_VALUES = 100_000
+
+
+def _check_config_file(path: str) -> None:
+    """Refuse a --config file that is too big, not UTF-8 or expands too far, in one line, before jsonargparse
+    reads it (it would give a UnicodeDecodeError traceback, or expand aliases without bound)."""
+    size = Path(path).stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise UserError(f"--config {path}: {size:,} bytes; a config file is at most {MAX_CONFIG_BYTES:,} (is it "
+                        f"the right file?)")
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"--config {path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+    _check_yaml_size(text, f"--config {path}")
+
+
+def _check_yaml_size(text: str, where: str) -> None:
+    """Refuse YAML that expands to more than MAX_CONFIG_VALUES values. jsonargparse walks and copies the expanded
+    tree, so nested aliases (a "billion laughs": 9 levels of 9) ran for minutes into gigabytes. Loading alone is
+    cheap (an alias shares its node), so load as jsonargparse does, then count with a budget. Aliases themselves
+    stay allowed (`min_lr: *lr` is harmless): only the expansion costs."""
+    try:
+        value = get_loader("yaml")(text)
+    except (yaml.YAMLError, RecursionError):  # not YAML: jsonargparse says so in its own line (or takes a string)
+        return
+    if _more_values_than(value, MAX_CONFIG_VALUES):
+        raise UserError(f"{where}: expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases nested too "
+                        f"deeply?)")
+
+
+def _check_flag_values(flags: list[str]) -> None:
+    """jsonargparse reads each flag's value as YAML too (`--inputs '[a, b]'`): the same bound as a file's."""
+    for before, arg in zip(["", *flags], flags, strict=False):
+        option, _, value = arg.partition("=") if arg.startswith("--") else (before, "", arg)
+        if value:  # `--flag` alone has none; `--flag=VALUE` and `--flag VALUE` do
+            _check_yaml_size(value, option or "an argument")
+
+
+def _more_values_than(value: object, budget: int) -> bool:
+    """Whether `value`, every alias expanded, holds more than `budget` keys, items and scalars; it stops as soon as
+    it does, so an expansion of billions (or a recursive alias, which never ends) costs `budget` steps."""
+    stack, count = [value], 0
+    while stack and count <= budget:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            stack += item
+    return count > budget
 
 
 def prepare_config(argv: list[str]) -> PrepareConfig:
@@ -251,7 +308,8 @@ def _one_line(message: str) -> str:
     text = re.sub(r"Option '(\w+)' is not accepted", r"unknown option '\1'", text)
     text = text.replace("Problems parsing config: ", "not valid YAML: ")
     text = re.sub(r"^Unexpected config: .*", "must hold a mapping of option: value", text)
-    return re.sub(r'Parser key "(\w+)":', lambda m: "--" + m.group(1).replace("_", "-") + ":", text)
+    text = re.sub(r'Parser key "(\w+)":', lambda m: "--" + m.group(1).replace("_", "-") + ":", text)
+    return text if len(text) <= 300 else text[:300] + "…"  # a value of 60,000 items is not repeated whole
 
 
 class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -12,6 +12,7 @@ joined without spaces. A prompt longer than the context keeps its tail.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import threading
 from collections.abc import Callable
@@ -228,6 +229,9 @@ def main(argv: list[str] | None = None, prog: str = "sample") -> int:
     args = parser.parse_args(argv)
     try:
         prompt = _read_prompt(args.prompt_file, prog) if args.prompt_file else args.prompt
+        if lone := lone_surrogate(prompt):  # a byte that is not UTF-8 in argv (surrogateescape); printing it fails
+            raise UserError(f"--prompt holds a lone surrogate ({lone}), which is not text (a byte that is not UTF-8? "
+                            "--prompt-file reads any encoding)")
         options = SamplingOptions(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                                   args.repetition_penalty, args.num_samples, args.seed, args.new_chapter)
         _check(options, args.stream)
@@ -255,6 +259,17 @@ def _read_prompt(path: Path, prog: str) -> str:
     for line in warnings:
         print(f"{prog}: warning: {line}", file=sys.stderr)
     return text
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # a str holds a surrogate only alone: a pair decodes to one character
+
+
+def lone_surrogate(text: str) -> str | None:
+    """The text's first lone surrogate, escaped ("\\ud800"), else None: JSON's "\\ud800" and a command-line byte that
+    is not UTF-8 (Python's surrogateescape) make one, and the text then fails where it is encoded, not where it came
+    in (tools/sample.py, gpt-novel serve)."""
+    found = _LONE_SURROGATE.search(text)
+    return f"\\u{ord(found.group()):04x}" if found else None
 
 
 def _warn_unknown(vocab: Vocab, prompt: str, prog: str) -> None:

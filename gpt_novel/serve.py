@@ -37,7 +37,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gpt_novel.consolidate import FACTS_FILE
 from gpt_novel.data import ingest
@@ -53,12 +55,17 @@ from gpt_novel.generate import (
     encode_prompt,
     fit_prompt,
     load,
+    lone_surrogate,
     unknown_line,
 )
 from gpt_novel.metrics import LOSS_PLOT
+from gpt_novel.model_folder import CONFIG_BYTES, read_json
 
 MAX_PROMPT_CHARS = 20_000  # a longer text is refused (an upload keeps its last MAX_PROMPT_CHARS characters)
 MAX_UPLOAD_BYTES = 16 * 2**20
+# A /api/generate body's bytes: JSON may spell a prompt character as a surrogate pair ("\ud83d\ude00", 12 bytes),
+# plus room for the other fields.
+MAX_REQUEST_BYTES = 12 * MAX_PROMPT_CHARS + 4096
 MAX_DRAFTS = 8
 MAX_NEW_TOKENS = 2048
 DEFAULT_QUEUE = 8
@@ -163,6 +170,8 @@ def _cut_note(vocab: Vocab, whole: list[int], kept: list[int]) -> str:
 
 def check_request(req, vocab: Vocab, n_positions: int) -> list[str]:
     """Refuse what cannot be generated (UserError: the API's 422 and the page's message); the notes to show."""
+    if lone := lone_surrogate(req.prompt):  # JSON allows "\ud800"; the answer could not encode it (a 500)
+        raise UserError(f"the prompt holds a lone surrogate ({lone}), which is not text")
     if len(req.prompt) > MAX_PROMPT_CHARS:
         raise UserError(f"the prompt has {len(req.prompt):,} characters; at most {MAX_PROMPT_CHARS:,} are taken "
                         f"(the model's context is {n_positions} tokens: paste the end of the text)")
@@ -187,9 +196,9 @@ def options_of(req) -> SamplingOptions:
 def model_info(model_dir: Path, model, vocab: Vocab, waiting: int) -> dict:
     """What the page shows of the model (the facts consolidation recorded, `gpt-novel eval`'s scores) and the
     limits and defaults of its controls."""
-    def read(name: str) -> dict | None:
-        with contextlib.suppress(OSError, ValueError):
-            return json.loads((model_dir / name).read_text(encoding="utf-8"))
+    def read(name: str) -> dict | None:  # the page does without a missing or damaged one
+        with contextlib.suppress(UserError):
+            return read_json(model_dir / name, str(model_dir), CONFIG_BYTES)
         return None
 
     scores = read(EVAL_FILE)
@@ -220,9 +229,7 @@ def create_app(model_dir: str | Path, device: str | None = None, dtype: str | No
 
     # the schema at /openapi.json; no /docs page: FastAPI's loads its scripts from a CDN, which a machine offline lacks
     app = FastAPI(title="gpt-novel", lifespan=lifespan, docs_url=None, redoc_url=None)
-
-    def refuse(status: int, message: str, **headers: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+    app.add_middleware(BodyLimit)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -258,7 +265,7 @@ def create_app(model_dir: str | Path, device: str | None = None, dtype: str | No
     async def decode(request: Request, name: str = "upload.txt") -> dict:
         """An uploaded file's bytes (the body) → its text, decoded as prepare decodes novels; `name` only names it
         in messages: nothing is read from any path."""
-        data = await _body(request)
+        data = await request.body()  # at most MAX_UPLOAD_BYTES: BodyLimit refuses more as it arrives
         text, notes = await run_in_threadpool(ingest.decode_text, data, Path(name).name or "upload.txt")
         if len(text) > MAX_PROMPT_CHARS:
             notes.append(f"kept the last {MAX_PROMPT_CHARS:,} of its {len(text):,} characters: the model continues "
@@ -283,14 +290,46 @@ def create_app(model_dir: str | Path, device: str | None = None, dtype: str | No
     return app
 
 
-async def _body(request: Request) -> bytes:
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > MAX_UPLOAD_BYTES:
-            raise HTTPException(413, f"the file is larger than {MAX_UPLOAD_BYTES // 2**20} MB; upload the part "
-                                     f"to continue")
-    return bytes(data)
+def refuse(status: int, message: str, **headers: str) -> JSONResponse:
+    """The API's one shape of a refusal, {"error": one line}, which the page shows as it is."""
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+def body_limit(path: str) -> tuple[int, str]:
+    """The most bytes a request to `path` may send, and the line that refuses more: an upload's, else a prompt's
+    (every other route takes that small JSON body or none)."""
+    if path == "/api/decode":
+        return MAX_UPLOAD_BYTES, f"the file is larger than {MAX_UPLOAD_BYTES // 2**20} MB; upload the part to continue"
+    return MAX_REQUEST_BYTES, (f"the request is larger than {MAX_REQUEST_BYTES:,} bytes; a prompt takes at most "
+                               f"{MAX_PROMPT_CHARS:,} characters (paste the end of the text)")
+
+
+class BodyLimit:
+    """Refuses a body over its route's `body_limit` before it is read whole: by its Content-Length at once, else
+    (a chunked body) as soon as the bytes received pass the limit. Without it FastAPI reads /api/generate's body
+    whole and pydantic parses it before any length check can run: a 180 MB prompt cost 410 MB of memory."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit, message = body_limit(scope["path"].removeprefix(scope.get("root_path", "")))  # behind a proxy's prefix
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            return await refuse(413, message)(scope, receive, send)
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            event = await receive()
+            received += len(event.get("body", b""))
+            if received > limit:  # FastAPI re-raises an HTTPException from the body's reading: our 413 line
+                raise HTTPException(413, message)
+            return event
+
+        await self.app(scope, counted, send)
 
 
 def _thread_safe(loop: asyncio.AbstractEventLoop, events: asyncio.Queue) -> Callable[[dict], None]:

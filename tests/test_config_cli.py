@@ -10,6 +10,7 @@ import pytest
 
 from gpt_novel.cli import main
 from gpt_novel.config import PrepareConfig, TrainConfig, presets, train_config
+from gpt_novel.errors import UserError
 
 
 def _help(capsys, *argv: str) -> str:
@@ -68,3 +69,52 @@ def test_bad_prepare_choice_is_one_line(capsys, tmp_path):
     assert main(["prepare", str(tmp_path), "--out", str(tmp_path / "d"), "--tokenizer", "bpe"]) == 2
     assert capsys.readouterr().err == ("gpt-novel prepare: error: --tokenizer must be word, char or a Hugging Face "
                                        "tokenizer folder; bpe is none of them\n")
+
+
+def _laughs(levels: int) -> str:
+    """A "billion laughs": each anchor a list of 9 aliases to the one before, 9**levels values once expanded."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("command", ["train", "prepare"])
+def test_a_yaml_bomb_is_refused_at_once_in_one_line(tmp_path, capsys, command):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_laughs(9), encoding="utf-8")
+    rest = ["--data", "d", "--run-dir", "r"] if command == "train" else [str(tmp_path), "--out", str(tmp_path / "d")]
+    assert main([command, "--config", str(bomb), *rest]) == 2
+    assert capsys.readouterr().err == (f"gpt-novel {command}: error: --config {bomb}: expands to more than 100,000 "
+                                       "values (YAML aliases nested too deeply?)\n")
+
+
+def test_yaml_read_from_a_flag_or_a_recursive_alias_is_bounded_too(tmp_path):
+    bomb = "{" + _laughs(9).replace("\n", ", ").rstrip(", ") + "}"
+    for argv in (["--n-layer", bomb], [f"--n-layer={bomb}"]):
+        with pytest.raises(UserError, match=r"^--n-layer: expands to more than 100,000 values"):
+            train_config(argv)
+    looped = tmp_path / "loop.yaml"
+    looped.write_text("n_layer: &a [*a]\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"loop\.yaml: expands to more than 100,000 values"):
+        train_config(["--config", str(looped)])
+
+
+def test_a_config_too_big_or_not_utf8_is_one_line_and_a_harmless_alias_is_kept(tmp_path):
+    big, gbk, shared = tmp_path / "big.yaml", tmp_path / "gbk.yaml", tmp_path / "shared.yaml"
+    big.write_text("#" * (2**20 + 1), encoding="utf-8")
+    gbk.write_bytes("preset: 青石\n".encode("gbk"))
+    shared.write_text("lr: &lr 1.0e-4\nmin_lr: *lr\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"big\.yaml: 1,048,577 bytes; a config file is at most 1,048,576 \(is it"):
+        train_config(["--config", str(big)])
+    with pytest.raises(UserError, match=r"gbk\.yaml: not UTF-8 text \(byte 0xc7 at offset 8\)"):
+        train_config(["--config", str(gbk)])
+    cfg = train_config(["--config", str(shared)])
+    assert cfg.lr == cfg.min_lr == 1e-4
+
+
+def test_a_huge_bad_value_is_cut_in_its_line(tmp_path):
+    config = tmp_path / "long.yaml"
+    config.write_text(f"n_layer: [{', '.join(['1'] * 50_000)}]\n", encoding="utf-8")
+    with pytest.raises(UserError) as refused:
+        train_config(["--config", str(config)])
+    assert str(refused.value).endswith("…") and len(str(refused.value)) < 400

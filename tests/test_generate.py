@@ -311,3 +311,11 @@ def test_shortfall_names_the_chapters_too_short_to_continue():
     assert evaluate.shortfall(1, 1, 8, 128) == "the val split has 1 chapter; continuing 1 of the 8 asked"
     assert (evaluate.shortfall(3, 2, 8, 128)
             == "the val split has 3 chapters, 2 of them with at least 128 characters; continuing 2 of the 8 asked")
+
+
+def test_a_prompt_with_a_lone_surrogate_is_one_line_before_the_model_loads(tmp_path, capsys):
+    """A command-line byte that is not UTF-8 reaches Python as a lone surrogate (surrogateescape): refused here,
+    not as a UnicodeEncodeError traceback when the prompt is printed."""
+    assert generate.main([str(tmp_path), "--prompt", "话说\udcb0青石"], prog="gpt-novel sample") == 2
+    assert capsys.readouterr().err == ("gpt-novel sample: error: --prompt holds a lone surrogate (\\udcb0), which is "
+                                       "not text (a byte that is not UTF-8? --prompt-file reads any encoding)\n")

@@ -8,6 +8,7 @@ visible), with `--queue 1`, so that a third concurrent request is refused.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -17,9 +18,10 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import psutil
@@ -137,6 +139,105 @@ def generate(url: str, **fields) -> tuple[int, list[dict] | dict]:
 
 def status_of(url: str) -> dict:
     return json.loads(urllib.request.urlopen(url + "/api/status", timeout=10).read())
+
+
+# --- in this process: what is refused before the model is asked -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_app(tmp_path_factory):
+    """`gpt-novel serve`'s app, here, on an untrained 1-layer GPT-2 with a character vocabulary: refusing a request
+    needs no server process, no prepared data and no trained weights (nor its worker, which starts with a server)."""
+    from gpt_novel.config import TrainConfig
+    from gpt_novel.consolidate import generation_config
+    from gpt_novel.data.vocab import SPECIAL_TOKENS
+    from gpt_novel.model import build_model
+    from gpt_novel.serve import create_app
+
+    vocab = Vocab([*SPECIAL_TOKENS, *dict.fromkeys(PROMPT + "话说")], kind="char")
+    torch.manual_seed(0)
+    model = build_model(TrainConfig(n_layer=1, n_head=2, n_embd=16, n_positions=64, dropout=0.0), vocab)
+    model.generation_config = generation_config(vocab, 64)
+    out = tmp_path_factory.mktemp("tiny") / "hf"
+    model.save_pretrained(out)
+    vocab.save(out)
+    return create_app(out, "cpu")
+
+
+def asgi_post(app, url: str, chunks: Iterable[bytes], length: int | None = None) -> tuple[int, dict, int]:
+    """POST `chunks` to the ASGI app as a server hands a body over, one chunk per receive() (chunked unless
+    `length` is given as the Content-Length): the status, the JSON answer, and how many chunks the app pulled."""
+    path, _, query = url.partition("?")
+    headers = [(b"content-type", b"application/json")] + ([(b"content-length", str(length).encode())]
+                                                          if length is not None else [])
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
+             "headers": headers, "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 7860)}
+    body, pulled, sent = iter(chunks), 0, []
+
+    async def receive() -> dict:
+        nonlocal pulled
+        chunk = next(body, None)
+        if chunk is None:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        pulled += 1
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    answer = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], json.loads(answer), pulled
+
+
+def _megabytes(prefix: bytes, count: int) -> Iterator[bytes]:
+    """`prefix` (if any), then `count` new megabytes, one at a time, as a socket would deliver them."""
+    if prefix:
+        yield prefix
+    for _ in range(count):
+        yield b"x" * 2**20
+
+
+@pytest.mark.parametrize(("url", "prefix", "says", "pulled_chunked"), [
+    ("/api/generate", b'{"prompt": "', "the request is larger than 244,096 bytes; a prompt takes at most 20,000 "
+                                       "characters (paste the end of the text)", 2),
+    ("/api/decode?name=big.txt", b"", "the file is larger than 16 MB; upload the part to continue", 17),
+])
+@pytest.mark.parametrize("chunked", [True, False])
+def test_a_200_mb_body_is_refused_before_it_is_read(tiny_app, url, prefix, says, pulled_chunked, chunked):
+    """Refused by its Content-Length before a byte is read, or chunked, as soon as it passes the limit: the 200 MB
+    never sit in the server's memory."""
+    length = None if chunked else len(prefix) + 200 * 2**20
+    tracemalloc.start()
+    try:
+        status, answer, pulled = asgi_post(tiny_app, url, _megabytes(prefix, 200), length)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (status, answer) == (413, {"error": says})
+    assert pulled == (pulled_chunked if chunked else 0)
+    assert peak < 50 * 2**20, f"refusing a 200 MB body took {peak / 2**20:.1f} MB"
+
+
+def test_a_body_within_the_limits_goes_through(tiny_app):
+    """The longest prompt, every character JSON's longest spelling (a 12-byte surrogate pair), and every other field
+    at its longest, still reaches the model's checks; an upload in chunks is read whole."""
+    fields = {"prompt": "😀" * 20_000, "new_chapter": False, "max_new_tokens": 2048, "temperature": 0.9,
+              "top_k": 100_000, "top_p": 0.95, "repetition_penalty": 1.1, "seed": 2**31 - 1, "drafts": 8}
+    body = json.dumps(fields, indent=1).encode()
+    status, answer, _ = asgi_post(tiny_app, "/api/generate", [body], len(body))
+    assert len(body) > 240_000 and status == 422, answer  # parsed whole: the model's own checks answer
+    assert answer["error"].startswith("max_new_tokens must be below the model's 64 positions"), answer
+    text = ("第一章 青石如故\n" + PROMPT * 100).encode()
+    status, answer, pulled = asgi_post(tiny_app, "/api/decode?name=a.txt", [text[:1000], text[1000:]])
+    assert (status, answer["text"], pulled) == (200, text.decode(), 2)
+
+
+@pytest.mark.parametrize("prompt", ["话说\\ud800青石", "\\ud800"])
+def test_a_lone_surrogate_in_the_prompt_is_one_line(tiny_app, prompt):
+    body = f'{{"prompt": "{prompt}"}}'.encode()
+    status, answer, _ = asgi_post(tiny_app, "/api/generate", [body], len(body))
+    assert (status, answer) == (422, {"error": "the prompt holds a lone surrogate (\\ud800), which is not text"})
 
 
 # --- the API -----------------------------------------------------------------------------------------------------
