@@ -13,6 +13,7 @@ status is recorded the ranks exit 0 (`faults.exit_status`), so the launcher ends
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from gpt_novel.faults import STATUS_ENV
+from gpt_novel.lifetime import die_with_parent
 from gpt_novel.parallel import name_deepspeed_accelerator
 from gpt_novel.train import STOP_FILE
 
@@ -45,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpt-novel-launch-") as tmp:
         status = Path(tmp) / "status"
         name_deepspeed_accelerator()  # the launcher imports DeepSpeed too: it stays quiet as the trainer does
-        proc = subprocess.Popen(argv, env=_launcher_env(argv, status), start_new_session=True)
+        # SIGTERM when this process dies, however it dies: the launcher stops its ranks as for a preemption (they
+        # save and exit), where a kill -9 of this wrapper left them training unattended, holding the run's lock
+        proc = subprocess.Popen(argv, env=_launcher_env(argv, status), start_new_session=True,
+                                preexec_fn=functools.partial(die_with_parent, signal.SIGTERM, os.getpid()))
         _forward_signals(proc, run_dir_of(argv))
         code = _wait(proc)
         recorded = status.read_text().split("\n", 1)[0].strip() if status.exists() else ""

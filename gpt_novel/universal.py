@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 from gpt_novel.checkpoint import DS_TAG
-from gpt_novel.data.stream import die_with_parent
 from gpt_novel.errors import UserError
+from gpt_novel.lifetime import die_with_parent
 
 PREFIX = ".universal-"
 SHAPES = "shapes.json"

@@ -229,6 +229,30 @@ def test_a_sigkilled_launcher_takes_its_ranks_and_workers_with_it(train_data, tm
     assert "the launcher is gone (its store does not answer); stopping" in (tmp_path / "log").read_text()
 
 
+@pytest.mark.parametrize("launcher", ["torchrun 2", "accelerate 1"])
+def test_a_sigkilled_gpt_novel_launch_takes_its_launcher_and_ranks_with_it(train_data, tmp_path, launcher):
+    """The launcher is asked to stop (SIGTERM, from the kernel) when gpt-novel launch dies: the ranks save and
+    exit, where they used to train on unattended until --max-steps, holding the run's lock. accelerate with one
+    process runs the trainer as its child (no torchrun agent): the case that left the trainer behind."""
+    run_dir = tmp_path / "run"
+    bin_dir = Path(sys.executable).parent
+    cmd = train_command(train_data, run_dir, 2, 2, "--max-steps", "100000")
+    if launcher == "accelerate 1":
+        cmd = [str(bin_dir / "accelerate"), "launch", "--config_file", str(ROOT / "launch" / "zero2.yaml"),
+               "--num_processes", "1", *cmd[cmd.index("-m", 3):]]
+    with open(tmp_path / "log", "w") as log:
+        proc = subprocess.Popen(LAUNCH + cmd, cwd=ROOT, env=train_env(), stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 180
+    while time.time() < deadline and '"step": 3,' not in _text(run_dir / "metrics.jsonl"):
+        time.sleep(0.05)
+    assert len(leftovers(str(run_dir))) > 1, _text(tmp_path / "log")[-3000:]  # the launcher and its ranks
+    proc.kill()
+    assert proc.wait() == -9
+    assert_no_leftovers(str(run_dir), timeout=60)
+    assert checkpoint.find_latest(run_dir) is not None and not (run_dir / ".lock").exists()
+    assert "stop requested (signal or STOP file) after step" in _text(tmp_path / "log")
+
+
 @pytest.mark.parametrize("how", ["SIGTERM to gpt-novel launch", "SIGTERM to torchrun", "SIGTERM to rank 1",
                                  "STOP file"])
 def test_a_graceful_stop_reaches_the_caller_as_75(train_data, tmp_path, how):

@@ -349,3 +349,43 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_output(tmp_path, capsys, 
     assert [p.name for p in (tmp_path / "work").iterdir()] == [".d.work"]
     assert not [p for p in (tmp_path / "work" / ".d.work").rglob("*") if ".tmp-" in p.name]
     assert (tmp_path / "work" / ".d.work" / "segment" / "p00000" / "DONE.json").exists()
+
+
+def _children(pid: int) -> list[int]:
+    """The live processes whose parent is `pid`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            state, ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, IndexError):
+            continue
+        if int(ppid) == pid and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_sigkilled_prepare_takes_its_pool_workers_with_it(tmp_path, sample_text):
+    """The workers block in the read step (the gate never opens) when their parent is killed: they end with it,
+    where they used to wait on their call queue forever."""
+    inputs, gate = _novel(tmp_path, sample_text), tmp_path / "gate"
+    (inputs / "second.txt").write_text(sample_text, encoding="utf-8")
+    cmd = [sys.executable, "-c", _SLOW_PREPARE, str(gate),
+           *_prepare_command(inputs, tmp_path / "d", "--workers", "2")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while len(workers := _children(proc.pid)) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(workers) == 2 and proc.poll() is None
+    proc.kill()
+    assert proc.wait() == -9
+    deadline = time.time() + 10
+    while [pid for pid in workers if _alive(pid)] and time.time() < deadline:
+        time.sleep(0.05)
+    assert [pid for pid in workers if _alive(pid)] == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

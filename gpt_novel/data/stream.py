@@ -21,13 +21,11 @@ of ranks and workers.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import hashlib
 import io
 import os
 import signal
-import sys
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ from gpt_novel.data.dataset import Dataset
 from gpt_novel.data.segment import default_cache_dir
 from gpt_novel.data.shards import SAMPLE_FIELD, ShardInfo, sha256_file
 from gpt_novel.errors import UserError
+from gpt_novel.lifetime import die_with_parent
 
 
 class ShardSet:
@@ -288,14 +287,6 @@ def _worker_init(worker_id: int) -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     die_with_parent()
 
-
-def die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this process when the process that started it dies, however it dies (Linux)."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-_PR_SET_PDEATHSIG = 1
 
 
 def val_batches(shards: ShardSet, rank: int, world_size: int, micro_batch_size: int,

@@ -10,10 +10,14 @@ the input size.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+
+from gpt_novel.lifetime import die_with_parent
 
 
 class LazyPool:
@@ -26,7 +30,9 @@ class LazyPool:
     def get(self) -> ProcessPoolExecutor | None:
         if self._pool is None and self.workers > 1:
             ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+            # killed with this process, however it dies: a worker waits on its call queue forever otherwise
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=die_with_parent,
+                                             initargs=(signal.SIGKILL, os.getpid()))
         return self._pool
 
     def __enter__(self) -> LazyPool:
