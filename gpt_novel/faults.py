@@ -17,6 +17,7 @@ keeps its traceback). Every rank of a failed job exits with the failing rank's s
 from __future__ import annotations
 
 import contextlib
+import datetime
 import faulthandler
 import json
 import multiprocessing
@@ -36,6 +37,7 @@ KEY = "gpt_novel/failure"
 POLL_S = 0.5
 GRACE_S = 1.0
 STORE_TRIES = 4  # polls in a row without an answer before the launcher counts as gone
+STORE_TIMEOUT_S = 10  # one call of the watchdog's store client
 STATUS_ENV = "GPT_NOVEL_STATUS_FILE"
 STACKS_SIGNAL = signal.SIGUSR2  # `kill -USR2 PID`: a rank that seems stuck prints every thread's stack to stderr
 EXIT_PREEMPTED = 75  # stopped on request (a signal or RUN_DIR/STOP) with nothing lost: run the command again
@@ -92,9 +94,20 @@ class Watchdog:
             self._thread.start()
 
     def _group_store(self):
-        """The process group's key-value store (torchrun's, or the process's own in a plain run), or None before the
-        group exists."""
-        return dist.distributed_c10d._get_default_store() if dist.is_initialized() else None
+        """A client of its own to the process group's key-value store (torchrun's, or the process's own in a plain
+        run), or None before the group exists. Its own connection: a store client answers one call at a time, and
+        the main thread may sit in a blocking one (DeepSpeed's new group waits there for a rank that has failed),
+        behind which the poller waited forever. The process group's client when no other can be made."""
+        if not dist.is_initialized():
+            return None
+        shared = store = dist.distributed_c10d._get_default_store()
+        while isinstance(store, dist.PrefixStore):
+            store = store.underlying_store
+        try:
+            return dist.TCPStore(store.host, store.port, is_master=False, wait_for_workers=False,
+                                 timeout=datetime.timedelta(seconds=STORE_TIMEOUT_S))
+        except (AttributeError, RuntimeError, ValueError):  # not a TCPStore, or it does not answer
+            return shared
 
     def stop(self) -> None:
         """Stop polling and wait for the poller to leave the store (destroying the process group under a thread
