@@ -112,7 +112,9 @@ def save(engine, run_dir: str | Path, state: TrainerState, cfg, tokenizer_dir: P
             shutil.copytree(tokenizer_dir, tmp / "tokenizer")
         barrier()  # every file is written before the ranks list and hash them
     except (OSError, RuntimeError) as e:
-        raise _write_failure(tmp, e) from e
+        failure = _write_failure(tmp, e)  # judged while the disk is still full
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint is of no use and holds the space it took
+        raise failure from e
     files = _gather(_hash_share(tmp, rank, world))
     if rank == 0:
         if final.exists():  # a checkpoint of the same step from an earlier, interrupted run
@@ -173,7 +175,12 @@ def size(path: Path) -> int:
 
 def check_space(run_dir: Path, n_params: int) -> None:
     """Refuse to start when the run directory cannot hold one more checkpoint (the newest one's size, or an estimate
-    from the parameter count), rather than fail at the first save hours later."""
+    from the parameter count), rather than fail at the first save hours later. Rank 0, holding the run's lock: the
+    leftovers of an earlier crash go first, so that the space they hold is not counted against this run."""
+    for old in leftovers(checkpoints_dir(run_dir)):
+        print(f"removing {old}, left by a save or conversion that was interrupted ({size(old) / 1e6:,.1f} MB)",
+              file=sys.stderr)
+        shutil.rmtree(old, ignore_errors=True)
     newest = find_latest(run_dir, warn=lambda text: None)
     need = size(newest) if newest else n_params * BYTES_PER_PARAM
     free = shutil.disk_usage(run_dir).free
@@ -202,9 +209,13 @@ def _prune(root: Path, keep_last: int) -> None:
     saves and universal conversions that were interrupted."""
     complete = [p for p in _candidates(root) if problem(p) is None]
     best = _best(complete)
-    leftovers = sorted(root.glob(".tmp-*")) + sorted(root.glob(".universal-*"))
-    for old in [p for p in complete[keep_last:] if p != best] + leftovers:
+    for old in [p for p in complete[keep_last:] if p != best] + leftovers(root):
         shutil.rmtree(old, ignore_errors=True)
+
+
+def leftovers(root: Path) -> list[Path]:
+    """The temporary folders of saves and universal conversions that were interrupted."""
+    return sorted(root.glob(".tmp-*")) + sorted(root.glob(".universal-*")) if root.is_dir() else []
 
 
 def val_loss(path: Path) -> float | None:

@@ -193,7 +193,22 @@ def test_a_full_disk_during_a_save_ends_every_rank(train_data, zero_runs, tmp_pa
         assert seconds < 30
         assert_no_leftovers(str(run_dir))
         print(f"disk full during a save: every rank ended {seconds:.1f} s after the error line")
-        assert checkpoint.find_latest(run_dir) == run_dir / "checkpoints" / "step-00000006"  # the first one is intact
+        first = run_dir / "checkpoints" / "step-00000006"
+        assert checkpoint.find_latest(run_dir) == first  # the first one is intact
+        assert checkpoint.leftovers(run_dir / "checkpoints") == []  # the failed save took its folder with it
+        # a leftover of a crash (a SIGKILL in the middle of a save) is removed before free space is judged
+        planted = run_dir / "checkpoints" / ".tmp-step-00000012" / "ds"
+        planted.mkdir(parents=True)
+        (planted / "mp_rank_00_model_states.pt").write_bytes(b"\0" * (shutil.disk_usage(mnt).free - (64 << 10)))
+        code, _ = run_until_exit(LAUNCH + train_command(train_data, run_dir, 2), tmp_path / "rerun.log")
+        out = (tmp_path / "rerun.log").read_text()
+        assert code == 2 and len(error_lines(out)) == 1, out[-3000:]  # rank 1, inside DeepSpeed's start, ends too
+        assert_no_leftovers(str(run_dir))
+        assert f"removing {run_dir}/checkpoints/.tmp-step-00000012, left by a save or conversion that was " \
+               "interrupted" in out, out[-3000:]
+        # this small disk holds one checkpoint and a half: the refusal counts the space the leftover held
+        free = float(out.split(f"--run-dir {run_dir} has ")[1].split(" MB free")[0])
+        assert free * 1e6 == pytest.approx(shutil.disk_usage(mnt).free, rel=0.05) and free > 1
     finally:
         _umount(mnt)
 
