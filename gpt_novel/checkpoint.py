@@ -373,11 +373,16 @@ def restore_rng(path: Path, rank: int) -> None:
     if not file.exists():
         print(f"warning: {file} missing; RNG not restored on rank {rank}", file=sys.stderr)
         return
-    state = json.loads(file.read_text(encoding="utf-8"))
-    version, mt, gauss = state["python"]
-    random.setstate((version, tuple(mt), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+        version, mt, gauss = state["python"]
+        random.setstate((version, tuple(mt), gauss))
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
+    except (ValueError, TypeError, KeyError, RuntimeError, OverflowError) as e:  # not the JSON rng_state() writes
+        raise UserError(f"checkpoint {path}: {file.name} is unreadable ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); resume from another checkpoint with "
+                        "--resume PATH") from None

@@ -122,8 +122,7 @@ def check_compatible(point: ResumePoint, cfg: TrainConfig, dataset: Dataset) -> 
     """Refuse, naming every change, a resume with another vocabulary, dataset or model shape (`cfg` resolved)."""
     way_out = "start a new --run-dir"
     if _folder_digest(point.path / "tokenizer") != _folder_digest(dataset.tokenizer_dir):
-        changes = [f"another vocabulary ({dataset.vocab_size:,} tokens, the checkpoint's "
-                   f"{(point.model_config or {}).get('vocab_size', '?')})"]
+        changes = [_vocabulary_change(dataset.vocab_size, (point.model_config or {}).get("vocab_size"))]
     else:
         changes = _shape_changes(point, cfg)
         if point.state.data_fingerprint not in (None, dataset.fingerprint):
@@ -135,6 +134,13 @@ def check_compatible(point: ResumePoint, cfg: TrainConfig, dataset: Dataset) -> 
     if changes:
         raise UserError(f"cannot resume {point.path} with {'; '.join(changes)}. Use the same data and shape, or "
                         f"{way_out}")
+
+
+def _vocabulary_change(ours: int, theirs: object) -> str:
+    """The data's tokenizer differs from the checkpoint's copy: in size, or in its tokens or ids alone."""
+    if theirs == ours:
+        return f"another vocabulary (as many tokens, {ours:,}, but other tokens or ids than the checkpoint's)"
+    return f"another vocabulary ({ours:,} tokens, the checkpoint's {f'{theirs:,}' if isinstance(theirs, int) else '?'})"
 
 
 def _shape_changes(point: ResumePoint, cfg: TrainConfig) -> list[str]:

@@ -1,11 +1,17 @@
-"""Which checkpoints pruning keeps: the newest --keep-last and, whatever their age, the best by validation loss."""
+"""Which checkpoints pruning keeps (the newest --keep-last and, whatever their age, the best by validation loss), and
+the one-line refusals of a checkpoint that cannot be resumed."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from types import SimpleNamespace
 
-from gpt_novel import checkpoint
+import pytest
+
+from gpt_novel import checkpoint, resume
+from gpt_novel.errors import UserError
 
 
 def _fake(root: Path, step: int, val_loss: float | None) -> Path:
@@ -51,3 +57,25 @@ def test_a_failed_copy_names_the_checkpoint_file_it_could_not_write(tmp_path):
     assert checkpoint._write_failure(tmp, copy).filename == str(tmp / "zero_to_fp32.py")
     elsewhere = OSError(errno.EIO, "Input/output error", "/somewhere/else")
     assert checkpoint._write_failure(tmp, elsewhere).filename == str(tmp)
+
+
+def test_an_rng_state_that_is_not_json_is_one_line(tmp_path):
+    (tmp_path / "rng-rank00000.json").write_bytes(b"\x80\x04not json")
+    with pytest.raises(UserError, match=r"^checkpoint .*: rng-rank00000.json is unreadable \(UnicodeDecodeError: "):
+        checkpoint.restore_rng(tmp_path, 0)
+    (tmp_path / "rng-rank00000.json").write_text('{"python": [3, "x", null]}')
+    with pytest.raises(UserError, match="rng-rank00000.json is unreadable"):
+        checkpoint.restore_rng(tmp_path, 0)
+
+
+@pytest.mark.parametrize(("theirs", "said"), [
+    (1396, "another vocabulary (as many tokens, 1,396, but other tokens or ids than the checkpoint's)"),
+    (8342, "another vocabulary (1,396 tokens, the checkpoint's 8,342)")])
+def test_a_resume_with_another_vocabulary_says_how_it_differs(tmp_path, theirs, said):
+    for name, token in (("ckpt/tokenizer", "甲"), ("data/tokenizer", "乙")):
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "vocab.txt").write_text(token + "\n", encoding="utf-8")
+    point = SimpleNamespace(path=tmp_path / "ckpt", model_config={"vocab_size": theirs})
+    dataset = SimpleNamespace(tokenizer_dir=tmp_path / "data" / "tokenizer", vocab_size=1396)
+    with pytest.raises(UserError, match="^cannot resume .* with " + re.escape(said) + r"\. Use the same data"):
+        resume.check_compatible(point, SimpleNamespace(run_dir="run"), dataset)

@@ -328,7 +328,7 @@ def test_planted_pickles_in_a_checkpoint_never_run(zero_runs, tmp_path):
         (ckpt / name).write_bytes(payload)
     with pytest.raises(ValueError, match="trainer_state.json is unreadable"):
         checkpoint.load_state(ckpt)
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError, match="rng-rank00000.json is unreadable"):
         checkpoint.restore_rng(ckpt, 0)
     with pytest.raises(UserError, match="cannot be used"):  # refused before DeepSpeed unpickles anything
         consolidate.consolidate(ckpt, tmp_path / "hf")
