@@ -113,7 +113,8 @@ def save(engine, run_dir: str | Path, state: TrainerState, cfg, tokenizer_dir: P
         barrier()  # every file is written before the ranks list and hash them
     except (OSError, RuntimeError) as e:
         failure = _write_failure(tmp, e)  # judged while the disk is still full
-        shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint is of no use and holds the space it took
+        if rank == 0:  # the owner of the folder; another rank removing it would free the disk under rank 0's verdict
+            shutil.rmtree(tmp, ignore_errors=True)  # of no use, and it holds the space it took
         raise failure from e
     files = _gather(_hash_share(tmp, rank, world))
     if rank == 0:
