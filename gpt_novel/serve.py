@@ -63,9 +63,12 @@ from gpt_novel.model_folder import CONFIG_BYTES, read_json
 
 MAX_PROMPT_CHARS = 20_000  # a longer text is refused (an upload keeps its last MAX_PROMPT_CHARS characters)
 MAX_UPLOAD_BYTES = 16 * 2**20
-# A /api/generate body's bytes: JSON may spell a prompt character as a surrogate pair ("\ud83d\ude00", 12 bytes),
-# plus room for the other fields.
-MAX_REQUEST_BYTES = 12 * MAX_PROMPT_CHARS + 4096
+# A /api/generate body's bytes: room for a prompt far over MAX_PROMPT_CHARS (JSON may spell a character as a
+# 12-byte surrogate pair), so that a long paste gets the count of its characters, and small enough to parse at once.
+MAX_REQUEST_BYTES = 2**20
+# Read and dropped after a refusal, so that a client that sends its whole body before it reads the answer (urllib,
+# curl, a browser) gets the 413 rather than a broken pipe; a longer body is cut off.
+DRAIN_BYTES = 32 * 2**20
 MAX_DRAFTS = 8
 MAX_NEW_TOKENS = 2048
 DEFAULT_QUEUE = 8
@@ -318,6 +321,7 @@ class BodyLimit:
         limit, message = body_limit(scope["path"].removeprefix(scope.get("root_path", "")))  # behind a proxy's prefix
         length = Headers(scope=scope).get("content-length", "")
         if length.isdigit() and int(length) > limit:
+            await _drain(receive, DRAIN_BYTES)
             return await refuse(413, message)(scope, receive, send)
         received = 0
 
@@ -326,10 +330,21 @@ class BodyLimit:
             event = await receive()
             received += len(event.get("body", b""))
             if received > limit:  # FastAPI re-raises an HTTPException from the body's reading: our 413 line
+                if event.get("more_body", False):
+                    await _drain(receive, DRAIN_BYTES - received)
                 raise HTTPException(413, message)
             return event
 
         await self.app(scope, counted, send)
+
+
+async def _drain(receive: Receive, budget: int) -> None:
+    """Receive and drop the rest of a refused body, at most `budget` bytes of it: memory stays one chunk."""
+    while budget > 0:
+        event = await receive()
+        if event["type"] != "http.request" or not event.get("more_body", False):
+            return
+        budget -= len(event.get("body", b""))
 
 
 def _thread_safe(loop: asyncio.AbstractEventLoop, events: asyncio.Queue) -> Callable[[dict], None]:
