@@ -84,12 +84,17 @@ vocab=$(step vocab "$segment" one)
 encode=$(step encode "$vocab" array)
 echo "submitted: read $read, merge $merge, segment $segment, vocab $vocab, encode $encode (arrays of $TASKS tasks)"
 echo "waiting for the finish job (logs in $LOG_DIR)"
-finish=$(step finish "$encode" one --wait) || true
+finish=$(step finish "$encode" one)
 
-# `sbatch --wait` says 0 for a job cancelled before it started (a step before it failed): ask Slurm what happened
+# Polled every 2 s rather than with `sbatch --wait`, whose polls back off to half a minute apart (the driver said
+# "finished" ~30 s after the last step); an empty state (the controller did not answer) is waited on too.
 field() { grep -o "$1=[^ ]*" <<<"$2" | head -n 1 | cut -d= -f2; }
-record=$(scontrol show job -o "$finish")
-state=$(field JobState "$record")
+state=PENDING
+while [[ $state =~ ^(PENDING|CONFIGURING|RUNNING|COMPLETING|SUSPENDED|REQUEUED|REQUEUE_HOLD|RESIZING|)$ ]]; do
+    sleep 2
+    record=$(scontrol show job -o "$finish" 2>/dev/null || true)
+    state=$(field JobState "$record")
+done
 status=$(field ExitCode "$record" | cut -d: -f1)
 if [ "$state" = COMPLETED ]; then
     echo "finished: $DATA_DIR"

@@ -175,7 +175,7 @@ def test_a_refused_job_says_why_last_and_leaves_no_run_directory(train_data, tmp
 
 
 @needs_slurm
-@pytest.mark.parametrize("how", ["STOP file", "USR1", "TERM"])
+@pytest.mark.parametrize("how", ["USR1", "TERM"])  # a STOP file through train.sh: test_launchers.py's sbatch runs
 def test_bash_train_sh_in_an_allocation_returns_75_after_a_graceful_stop(train_data, tmp_path, how):
     """Inside an interactive allocation the job cannot requeue: the caller of `bash slurm/train.sh` gets 75."""
     run_dir, log = tmp_path / "run", tmp_path / "out.log"
@@ -189,12 +189,9 @@ def test_bash_train_sh_in_an_allocation_returns_75_after_a_graceful_stop(train_d
     while time.time() < deadline and not (metrics.exists() and '"step": 8,' in metrics.read_text()):
         assert proc.poll() is None, log.read_text()[-3000:]
         time.sleep(0.1)
-    if how == "STOP file":
-        (run_dir / "STOP").touch()
-    else:
-        script = subprocess.run(["pgrep", "-f", f"^bash {ROOT / 'slurm' / 'train.sh'}"], capture_output=True,
-                                text=True).stdout.split()
-        os.kill(int(script[0]), getattr(signal, f"SIG{how}"))
+    script = subprocess.run(["pgrep", "-f", f"^bash {ROOT / 'slurm' / 'train.sh'}"], capture_output=True,
+                            text=True).stdout.split()
+    os.kill(int(script[0]), getattr(signal, f"SIG{how}"))
     assert proc.wait(timeout=240) == 75, log.read_text()[-3000:]
     text = log.read_text()
     assert "trainer exited with status 75" in text and "stop requested" in text
@@ -210,10 +207,22 @@ def _prepare_env(corpus: Path, out: Path, logs: Path, tasks: int, cpus: int, cac
                 PREPARE_ARGS=" ".join([*SPLIT_OPTIONS, "--cache-dir", str(cache)]))
 
 
-def _sbatch_prepare(env: dict, logs: Path) -> subprocess.Popen:
-    """The driver job, with `sbatch --wait`: its exit status is the pipeline's."""
-    cmd = ["sbatch", "--wait", "--output", str(logs / "driver.out"), str(ROOT / "slurm" / "prepare.sh")]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def _sbatch_prepare(env: dict, logs: Path) -> str:
+    """The driver job's id; its exit status is the pipeline's (`_exit_status`). Polled, not `sbatch --wait`, whose
+    polls back off to half a minute apart."""
+    cmd = ["sbatch", "--parsable", "--output", str(logs / "driver.out"), str(ROOT / "slurm" / "prepare.sh")]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().split(";")[0]
+
+
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
+
+
+def _exit_status(job: str) -> int:
+    wait_for_job(job, ENDED, timeout=600)
+    out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=10).stdout
+    return int(re.search(r"ExitCode=(\d+):", out).group(1))
 
 
 def _logs(logs: Path, step: str) -> str:
@@ -228,7 +237,7 @@ def test_sbatch_prepare_gives_the_bytes_of_one_machine_with_1_and_3_tasks(tmp_pa
     for tasks in (1, 3):
         out, logs = tmp_path / f"slurm{tasks}", tmp_path / f"logs{tasks}"
         job = _sbatch_prepare(_prepare_env(corpus, out, logs, tasks, 1, cache_dir), logs)
-        assert job.wait(timeout=600) == 0, (logs / "driver.out").read_text()[-3000:]
+        assert _exit_status(job) == 0, (logs / "driver.out").read_text()[-3000:]
         assert dataset_bytes(out) == reference
         assert f"read: task {tasks - 1} of {tasks}: partition(s) {'0-3' if tasks == 1 else '2'}" in _logs(logs, "read")
         assert not (tmp_path / f".slurm{tasks}.work").exists()
@@ -242,17 +251,17 @@ def test_a_cancelled_array_task_is_all_a_resubmission_redoes(tmp_path, sample_te
     first, second = tmp_path / "logs1", tmp_path / "logs2"
     job = _sbatch_prepare(_prepare_env(corpus, out, first, 3, 2, cache_dir), first)
     deadline, segment = time.time() + 300, None
-    while segment is None and time.time() < deadline and job.poll() is None:
+    while segment is None and time.time() < deadline and _state(job) not in ENDED:
         found = re.search(r"segment (\d+)", (first / "driver.out").read_text() if (first / "driver.out").exists()
                           else "")
         segment = found and found.group(1)
         time.sleep(0.2)
     assert segment, (first / "driver.out").read_text()
     subprocess.run(["scancel", f"{segment}_2"], check=True, timeout=30)
-    assert job.wait(timeout=600) != 0  # the steps after it never ran
+    assert _exit_status(job) != 0  # the steps after it never ran
     assert not out.exists() and "input partition(s) 2" not in _logs(first, "segment")
     job = _sbatch_prepare(_prepare_env(corpus, out, second, 3, 1, cache_dir), second)
-    assert job.wait(timeout=600) == 0, (second / "driver.out").read_text()[-3000:]
+    assert _exit_status(job) == 0, (second / "driver.out").read_text()[-3000:]
     read, segmented = _logs(second, "read"), _logs(second, "segment")
     assert "working on" not in read and read.count("done earlier, kept") == 3
     assert "segment: input partition(s) 0,3 done earlier, kept" in segmented
