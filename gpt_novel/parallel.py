@@ -54,7 +54,7 @@ def name_deepspeed_accelerator() -> None:
 SHM_OP = "deepspeed_shm_comm"
 
 
-def _shm_op_built() -> bool:
+def shm_op_built() -> bool:
     """Whether DeepSpeed's CPU communication op is compiled for this machine (torch's JIT extension cache; the
     private helper is the one torch itself uses to place it, so the answer follows TORCH_EXTENSIONS_DIR)."""
     from torch.utils.cpp_extension import _get_build_directory
@@ -67,7 +67,7 @@ def deepspeed_start(is_main: bool):
     """On a CPU host DeepSpeed compiles its communication op the first time it starts on a machine (1–2 minutes of
     silence), then prints "… built successfully" on every rank at every start. Say what is happening once, from rank
     0, before it happens; drop DeepSpeed's line and pass anything else it printed through."""
-    if is_main and not torch.cuda.is_available() and not _shm_op_built():
+    if is_main and not torch.cuda.is_available() and not shm_op_built():
         print(f"first start on this machine: DeepSpeed is compiling its CPU communication op ({SHM_OP}); this takes "
               "1–2 minutes and happens once (cached under ~/.cache/torch_extensions or $TORCH_EXTENSIONS_DIR)",
               flush=True)
