@@ -165,3 +165,28 @@ def test_a_shard_truncated_during_the_run_is_one_line_and_a_touch_changes_nothin
     os.truncate(path, path.stat().st_size // 2)
     with pytest.raises(UserError, match="has changed since it was verified at the start"):
         stream.batch(15)
+
+
+@pytest.mark.parametrize(("how", "said"), [
+    ("deleted", "is missing"), ("truncated", "altered or truncated"), ("altered", "altered or truncated"),
+    ("out-of-vocabulary", "sample 0 holds token id 65000, beyond the vocabulary of 1000")])
+def test_a_damaged_shard_is_one_line_naming_it(tmp_path, how, said):
+    """Before a process first reads a shard (`test_faults.py` runs one case through two ranks: every rank ends)."""
+    samples = np.zeros((40, 5), dtype=np.uint16)
+    if how == "out-of-vocabulary":  # a sound shard, listed with its digest, holding an id beyond the vocabulary
+        samples[16:32] = 65000
+    infos = shards.write_shards(samples, tmp_path / "train", "train", 16, tmp_path)
+    path = tmp_path / infos[1].path
+    raw = bytearray(path.read_bytes())
+    if how == "deleted":
+        path.unlink()
+    elif how == "truncated":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif how == "altered":  # same size, one byte
+        raw[len(raw) // 2] ^= 0x01
+        path.write_bytes(raw)
+    with pytest.raises(UserError) as refused:
+        ShardSet(tmp_path, infos, 5, 1000).read(1, 0)
+    line = str(refused.value)
+    assert line.startswith(f"shard {infos[1].path} of {tmp_path} ") and said in line and "\n" not in line
+    assert line.endswith(": the data directory is damaged; prepare it again")
