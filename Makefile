@@ -31,7 +31,7 @@ lint: install
 
 # The whole suite, slow multi-process and whole-corpus tests included (they skip when ../shared is absent).
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 # Everything but the tests marked slow, for a quick local loop.
 test-fast: lint

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from gpt_novel import checkpoint, resume
@@ -79,3 +80,14 @@ def test_a_resume_with_another_vocabulary_says_how_it_differs(tmp_path, theirs, 
     dataset = SimpleNamespace(tokenizer_dir=tmp_path / "data" / "tokenizer", vocab_size=1396)
     with pytest.raises(UserError, match="^cannot resume .* with " + re.escape(said) + r"\. Use the same data"):
         resume.check_compatible(point, SimpleNamespace(run_dir="run"), dataset)
+
+
+def test_rng_state_round_trips_through_json(tmp_path):
+    import random
+
+    import torch
+
+    (tmp_path / "rng-rank00000.json").write_text(json.dumps(checkpoint.rng_state()))
+    expected = (random.random(), float(np.random.rand()), torch.rand(3).tolist())
+    checkpoint.restore_rng(tmp_path, 0)
+    assert (random.random(), float(np.random.rand()), torch.rand(3).tolist()) == expected

@@ -5,7 +5,6 @@ checkpoint runs code; the caller of `gpt-novel launch` gets 75 after a graceful 
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import shutil
@@ -15,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import (
     COMMON,
@@ -340,14 +338,3 @@ def test_same_size_damage_in_a_checkpoint_is_named(zero_runs, tmp_path):
     assert found == run_dir / "checkpoints" / f"step-{STEPS - 6:08d}"
     assert warnings == [f"warning: skipping checkpoint {newest.name}: ds/{victim.name} does not match its sha256 "
                         "(damaged)"]
-
-
-def test_rng_state_round_trips_through_json(tmp_path):
-    import random
-
-    import torch
-
-    (tmp_path / "rng-rank00000.json").write_text(json.dumps(checkpoint.rng_state()))
-    expected = (random.random(), float(np.random.rand()), torch.rand(3).tolist())
-    checkpoint.restore_rng(tmp_path, 0)
-    assert (random.random(), float(np.random.rand()), torch.rand(3).tolist()) == expected
