@@ -124,7 +124,7 @@ def save(engine, run_dir: str | Path, state: TrainerState, cfg, tokenizer_dir: P
         marker = {"step": step, "world_size": state.world_size, "global_batch_size": state.global_batch_size,
                   "val_loss": state.val_loss, "files": dict(sorted(files.items()))}
         _write_atomic(final / MARKER, json.dumps(marker, indent=1))
-        _prune(root, keep_last)
+        prune(root, keep_last)
     barrier()
     return final
 
@@ -205,7 +205,7 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _prune(root: Path, keep_last: int) -> None:
+def prune(root: Path, keep_last: int) -> None:
     """Keep the newest keep_last complete checkpoints and the best by validation loss; drop temporaries left by
     saves and universal conversions that were interrupted."""
     complete = [p for p in _candidates(root) if problem(p) is None]

@@ -29,7 +29,7 @@ def test_pruning_keeps_the_newest_and_the_best(tmp_path):
     for step, val in [(10, 5.0), (20, 4.0), (30, None), (40, 4.5), (50, 4.8)]:
         _fake(root, step, val)
     (root / ".tmp-step-00000060").mkdir()
-    checkpoint._prune(root, keep_last=2)
+    checkpoint.prune(root, keep_last=2)
     assert sorted(p.name for p in root.iterdir()) == ["step-00000020", "step-00000040", "step-00000050"]
     assert checkpoint.find_best(tmp_path).name == "step-00000020"
     assert checkpoint.val_loss(root / "step-00000050") == 4.8

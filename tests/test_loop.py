@@ -1,4 +1,5 @@
-"""The training loop's host-side pieces (fast, no process group): the stop request's polling, the one reduction."""
+"""The training loop's host-side pieces: the stop request's polling (fast, in-process), and the one reduction of a
+step across two real ranks."""
 
 from __future__ import annotations
 
@@ -38,6 +39,30 @@ def test_a_signal_is_seen_at_once(stop_request):
     assert request.requested() is True and request.signal == signal.SIGUSR1
 
 
-def test_one_reduction_carries_a_device_loss_and_host_flags():
-    loss = torch.tensor(3.25, dtype=torch.float64)
-    assert parallel.all_reduce_sum([loss, True, 2], torch.device("cpu")) == [3.25, 1.0, 2.0]
+def _reduce_as(rank: int, store: str, results) -> None:
+    """One rank of two (a spawned process): a device loss, a host flag and a count, summed in one all-reduce."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        loss = torch.tensor(1.5 * (rank + 1), dtype=torch.float32)
+        results.put((rank, parallel.all_reduce_sum([loss, rank == 1, 2], torch.device("cpu"))))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_one_reduction_sums_a_device_loss_and_host_flags_over_the_ranks(tmp_path):
+    """Two real gloo ranks (spawned: the test process runs torch's threads): each gets the sums of both."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    ranks = [ctx.Process(target=_reduce_as, args=(r, str(tmp_path / "store"), results)) for r in range(2)]
+    for process in ranks:
+        process.start()
+    got = dict(results.get(timeout=120) for _ in ranks)
+    for process in ranks:
+        process.join(timeout=60)
+    assert got == {0: [4.5, 1.0, 4.0], 1: [4.5, 1.0, 4.0]}
+    assert [p.exitcode for p in ranks] == [0, 0]
