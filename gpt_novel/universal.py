@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -94,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("zero_stage", type=int)
     args = parser.parse_args(argv)
-    die_with_parent()
-    if os.environ.get(PARENT_ENV, str(os.getppid())) != str(os.getppid()):
-        return 1  # the trainer died while this process started, before the parent-death signal was asked for
+    die_with_parent(signal.SIGKILL, int(os.environ.get(PARENT_ENV, os.getppid())))  # the trainer, even if gone
     os.register_at_fork(after_in_child=die_with_parent)  # ds_to_universal's pool workers too
     try:
         shapes = {name: tuple(shape) for name, shape in
