@@ -15,12 +15,12 @@ the end of each run (and the best along the way). Not part of CI: it takes tens 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from resume import report_of  # --work, --json and the printed report, as the resume benchmarks
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQ = 128
@@ -37,13 +37,7 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--work", type=Path, help="keep the data and runs here (default: a temporary directory)")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        report = run(args, args.work or Path(tmp))
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n", encoding="utf-8")
+    report_of(run, parser.parse_args())
 
 
 def run(args, work: Path) -> dict:

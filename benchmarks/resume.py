@@ -37,7 +37,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--work", type=Path, help="keep the data and runs here (default: a temporary directory)")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
-    args = parser.parse_args()
+    report_of(run, parser.parse_args())
+
+
+def report_of(run, args) -> None:
+    """`run(args, work)` in `--work` or a temporary directory; its report printed as JSON, and written to `--json`
+    when given (the benchmarks that share these two options)."""
     with tempfile.TemporaryDirectory() as tmp:
         report = run(args, args.work or Path(tmp))
     text = json.dumps(report, indent=1)

@@ -15,12 +15,10 @@ corpus when it is there. Not part of CI: a few minutes on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
-from resume import cut  # a run as it was at one of its checkpoints
+from resume import cut, report_of  # a run as it was at one of its checkpoints; the report's printing
 from startup import call  # a command from a user's shell (no thread settings)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,13 +37,7 @@ def main() -> None:
     parser.add_argument("--planned", type=int, default=200)
     parser.add_argument("--work", type=Path, help="keep the data and runs here (default: a temporary directory)")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        report = run(args, args.work or Path(tmp))
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n", encoding="utf-8")
+    report_of(run, parser.parse_args())
 
 
 def run(args, work: Path) -> dict:
