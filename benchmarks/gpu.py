@@ -1,7 +1,7 @@
 """The GPU check: train, resume and sample on one device, the trainer against a bare PyTorch loop. Prints JSON and
 writes it to --json (default gpu-check.json).
 
-usage: python benchmarks/gpu.py [--data DATA_DIR] [--steps N] [--json PATH] [--work DIR]     (make gpu-check)
+usage: python benchmarks/gpu.py [--data DATA_DIR] [--steps N] [--json PATH] [--work DIR] [--smoke]  (make gpu-check)
 
 On a CUDA GPU it trains the `small` preset (GPT-2 124M) at the data's seq len (prepare it with `--seq-len 1024
 --tokenizer char`: nothing here needs thulac), bf16, ZeRO-2, one process (NCCL), for --steps steps, and the same
@@ -10,7 +10,8 @@ dense peak, peak memory and data wait for both, and their ratio; which SDPA kern
 trainer's tokens/s with --compile true; a run killed after its checkpoint and resumed, bitwise or not, with and
 without --deterministic true; then consolidates and times tools/sample.py's path against a bare `generate` at batch
 1 and 8. Without a GPU the same code runs on the CPU with a tiny model (tests/test_benchmarks.py runs it so, so that
-the check cannot rot); its figures mean nothing then. Targets (issue 14): trainer ≥ 0.95 × bare tokens/s, MFU ≥ 40%
+the check cannot rot, with --smoke: the legs that repeat another's code path are left out, see `_SMOKE`); its
+figures mean nothing then. Targets (issue 14): trainer ≥ 0.95 × bare tokens/s, MFU ≥ 40%
 for `small` on H100/H200, bitwise resume with --deterministic, sample.py ≥ 0.9 × bare generate.
 """
 
@@ -36,6 +37,10 @@ sys.path.insert(0, str(ROOT))
 GPU = torch.cuda.is_available()
 MODEL = ["--config", "small"] if GPU else ["--config", "tiny", "--n-layer", "1", "--n-head", "2", "--n-embd", "32"]
 BATCH = {"micro_batch_size": 16 if GPU else 2, "grad_accum": 2}
+# --smoke leaves out the legs whose code path another leg walks: the compiled trainer run (the trainer with one more
+# flag; tests/test_train.py trains with --compile), the --deterministic resume (the default one's, plus a reference
+# run) and sampling at batch 8. What is left walks every function here, in seconds rather than a minute.
+_SMOKE = "left out by --smoke"
 
 
 def main() -> None:
@@ -44,33 +49,35 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40 if GPU else 6)
     parser.add_argument("--json", type=Path, default=Path("gpu-check.json"))
     parser.add_argument("--work", type=Path, help="keep the runs here (default: a temporary directory)")
+    parser.add_argument("--smoke", action="store_true", help="the plumbing alone, for the tests (see `_SMOKE`)")
     args = parser.parse_args()
     if args.steps < 4 or args.steps % 2:
         parser.error("--steps must be even and at least 4 (the resume check stops at half)")
     with tempfile.TemporaryDirectory() as tmp:
-        report = run(args.data, args.steps, args.work or Path(tmp))
+        report = run(args.data, args.steps, args.work or Path(tmp), args.smoke)
     text = json.dumps(report, indent=1)
     print(text)
     args.json.write_text(text + "\n", encoding="utf-8")
 
 
-def run(data: Path | None, steps: int, work: Path) -> dict:
+def run(data: Path | None, steps: int, work: Path, smoke: bool = False) -> dict:
     started = time.time()
     data = data or _prepare(work / "data")
     report = {"device": torch.cuda.get_device_name() if GPU else "cpu", "torch": torch.__version__,
-              "model": " ".join(MODEL), "seq_len": _dataset(data).seq_len, **BATCH, "steps": steps}
+              "model": " ".join(MODEL), "seq_len": _dataset(data).seq_len, **BATCH, "steps": steps, "smoke": smoke}
     trainer = _train(data, work / "trainer", steps)
     bare = _bare(data, steps)
     report["trainer"], report["bare"] = trainer, bare
     report["ratio"] = round(trainer["tokens_per_s"] / bare["tokens_per_s"], 3)
     report["sdpa_kernels"] = bare.pop("sdpa_kernels")
-    report["compiled"] = {"trainer": _train(data, work / "compiled", steps, "--compile", "true"),
+    report["compiled"] = {"trainer": _SMOKE if smoke else _train(data, work / "compiled", steps, "--compile", "true"),
                           "sdpa_kernels": _bare(data, 2, compiled=True)["sdpa_kernels"]}
-    report["resume"] = {"deterministic": _resume(data, work / "det", steps, "--deterministic", "true"),
+    report["resume"] = {"deterministic": _SMOKE if smoke else _resume(data, work / "det", steps, "--deterministic",
+                                                                      "true"),
                         "default": _resume(data, work / "default", steps, reference=work / "trainer")}
     hf = work / "hf"
     _call([sys.executable, "tools/consolidate.py", str(work / "trainer"), str(hf)])
-    report["sample"] = {f"batch_{n}": _sample(hf, n) for n in (1, 8)}
+    report["sample"] = {f"batch_{n}": _SMOKE if smoke and n > 1 else _sample(hf, n) for n in (1, 8)}
     report["seconds"] = round(time.time() - started, 1)
     report["thulac_imported"] = "thulac" in sys.modules
     return report

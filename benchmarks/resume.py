@@ -1,14 +1,14 @@
 """What an elastic resume costs and changes, on the `small` preset (GPT-2 124M shape). Prints JSON (and writes it to
 --json).
 
-usage: python benchmarks/resume.py [--corpus sample/corpus] [--steps 2] [--work DIR] [--json PATH]
+usage: python benchmarks/resume.py [--corpus sample/corpus] [--steps 2] [--preset small] [--work DIR] [--json PATH]
 
-Trains `small` for 2 × --steps steps on 2 processes with ZeRO-2 (the reference, with a checkpoint at --steps), then
-resumes that checkpoint, as if the run had been killed right after it, on 1 process (ZeRO-2) and on 2 processes with
-ZeRO-3: each resume converts the checkpoint with DeepSpeed's ds_to_universal and loads it (the seconds the trainer
-reports for both, and the checkpoint's size). The largest difference in loss from the reference over the resumed
-steps is reported for each layout. No dropout, so the difference is the reduction order's alone. Not part of CI: a
-few minutes on 2 CPU cores.
+Trains `small` (or --preset) for 2 × --steps steps on 2 processes with ZeRO-2 (the reference, with a checkpoint at
+--steps), then resumes that checkpoint, as if the run had been killed right after it, on 1 process (ZeRO-2) and on 2
+processes with ZeRO-3: each resume converts the checkpoint with DeepSpeed's ds_to_universal and loads it (the
+seconds the trainer reports for both, and the checkpoint's size). The largest difference in loss from the reference
+over the resumed steps is reported for each layout. No dropout, so the difference is the reduction order's alone.
+Not part of CI: a few minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQ = 128
-COMMON = ["--config", "small", "--micro-batch-size", "1", "--global-batch-size", "4", "--dropout", "0",
+COMMON = ["--micro-batch-size", "1", "--global-batch-size", "4", "--dropout", "0",
           "--warmup-steps", "1", "--eval-every", "1000", "--sample-every", "1000", "--num-workers", "1",
           "--progress", "false"]
 LAYOUTS = {"1 process, ZeRO-2": (1, 2), "2 processes, ZeRO-3": (2, 3)}
@@ -35,6 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=ROOT / "sample" / "corpus")
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--preset", default="small", help="the model (tiny: the plumbing alone, in seconds)")
     parser.add_argument("--work", type=Path, help="keep the data and runs here (default: a temporary directory)")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
     report_of(run, parser.parse_args())
@@ -56,14 +57,15 @@ def run(args, work: Path) -> dict:
     _call([sys.executable, "-m", "gpt_novel", "prepare", str(args.corpus), "--out", str(data), "--seq-len", str(SEQ),
            "--force"])
     total = 2 * args.steps
-    reference = _train(work / "reference", data, 2, 2, total, "--save-every", str(args.steps))
+    train = ["--config", args.preset, "--max-steps", str(total)]
+    reference = _train(work / "reference", data, 2, 2, *train, "--save-every", str(args.steps))
     ckpt = reference / "checkpoints" / f"step-{args.steps:08d}"
-    report = {"preset": COMMON[COMMON.index("--config") + 1], "seq_len": SEQ, "global_batch": 4,
+    report = {"preset": args.preset, "seq_len": SEQ, "global_batch": 4,
               "resumed_at_step": args.steps,
               "checkpoint_mb": round(sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file()) / 2**20, 1)}
     for name, (nproc, stage) in LAYOUTS.items():
         run_dir = cut(reference, work / f"resumed-{nproc}-{stage}", args.steps)
-        output = _call(_command(run_dir, data, nproc, stage, total))
+        output = _call(_command(run_dir, data, nproc, stage, *train))
         seconds = float(re.search(r"universal checkpoint and loaded in ([\d.]+) s", output).group(1))
         want, got = _losses(reference), _losses(run_dir)
         report[name] = {"convert_and_load_seconds": seconds,
@@ -84,14 +86,14 @@ def cut(reference: Path, to: Path, step: int) -> Path:
     return to
 
 
-def _command(run_dir: Path, data: Path, nproc: int, stage: int, steps: int, *extra: str) -> list[str]:
+def _command(run_dir: Path, data: Path, nproc: int, stage: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            "-m", "gpt_novel.train", *COMMON, "--max-steps", str(steps), "--data", str(data), "--run-dir",
+            "-m", "gpt_novel.train", *COMMON, "--data", str(data), "--run-dir",
             str(run_dir), "--deepspeed", str(ROOT / "ds_configs" / f"zero{stage}.json"), *extra]
 
 
-def _train(run_dir: Path, data: Path, nproc: int, stage: int, steps: int, *extra: str) -> Path:
-    _call(_command(run_dir, data, nproc, stage, steps, *extra))
+def _train(run_dir: Path, data: Path, nproc: int, stage: int, *extra: str) -> Path:
+    _call(_command(run_dir, data, nproc, stage, *extra))
     return run_dir
 
 

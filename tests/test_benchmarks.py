@@ -89,8 +89,7 @@ def test_resume_benchmark_prints_its_report(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_resume", ROOT / "benchmarks" / "resume.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    bench.COMMON[bench.COMMON.index("small")] = "tiny"
-    report = bench.run(type("Args", (), {"corpus": SAMPLE_DIR, "steps": 2})(), tmp_path)
+    report = bench.run(type("Args", (), {"corpus": SAMPLE_DIR, "steps": 2, "preset": "tiny"})(), tmp_path)
     assert report["preset"] == "tiny" and report["checkpoint_mb"] > 0 and report["resumed_at_step"] == 2
     for layout in bench.LAYOUTS:
         assert report[layout]["convert_and_load_seconds"] > 0
@@ -99,28 +98,29 @@ def test_resume_benchmark_prints_its_report(tmp_path):
 
 @pytest.mark.slow
 def test_the_gpu_check_runs_on_the_cpu_without_thulac(tmp_path):
-    """benchmarks/gpu.py in its CPU form, where thulac cannot be imported (as on the GPU machine, which lacks it)."""
+    """benchmarks/gpu.py --smoke in its CPU form, where thulac cannot be imported (as on the GPU machine, which lacks
+    it): every function of the check runs, so that a GPU session never finds it broken."""
     shim = tmp_path / "no-thulac"
     shim.mkdir()
     (shim / "thulac.py").write_text('raise ImportError("the GPU check must not need thulac")\n', encoding="utf-8")
     out = tmp_path / "gpu.json"
-    done = subprocess.run([sys.executable, "benchmarks/gpu.py", "--json", str(out), "--work", str(tmp_path / "work")],
+    done = subprocess.run([sys.executable, "benchmarks/gpu.py", "--smoke", "--json", str(out), "--work",
+                           str(tmp_path / "work")],
                           cwd=ROOT, env={**train_env(), "PYTHONPATH": str(shim)}, capture_output=True, text=True,
-                          timeout=1200)
+                          timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     report = json.loads(out.read_text(encoding="utf-8"))
     assert report == json.loads(done.stdout)
-    assert report["device"] == "cpu" and report["thulac_imported"] is False
-    for run in (report["trainer"], report["bare"], report["compiled"]["trainer"]):
+    assert report["device"] == "cpu" and report["thulac_imported"] is False and report["smoke"] is True
+    for run in (report["trainer"], report["bare"]):
         assert run["tokens_per_s"] > 0 and 0 <= run["data_wait_fraction"] < 1
-    assert report["ratio"] == pytest.approx(report["trainer"]["tokens_per_s"] / report["bare"]["tokens_per_s"],
-                                            abs=2e-3)
     assert any("scaled_dot_product" in op for op in report["sdpa_kernels"])
     assert any("scaled_dot_product" in op for op in report["compiled"]["sdpa_kernels"])
-    for how in ("deterministic", "default"):  # a CPU is deterministic either way
-        assert report["resume"][how] == {"bitwise_equal": True, "max_loss_difference": 0.0}
-    for batch in ("batch_1", "batch_8"):
-        assert report["sample"][batch]["sample_py_tokens_per_s"] > 0
+    # a CPU is deterministic, --deterministic or not: the default resume is bitwise
+    assert report["resume"]["default"] == {"bitwise_equal": True, "max_loss_difference": 0.0}
+    assert report["sample"]["batch_1"]["sample_py_tokens_per_s"] > 0
+    assert report["compiled"]["trainer"] == report["resume"]["deterministic"] == report["sample"]["batch_8"] \
+        == "left out by --smoke"
 
 
 @pytest.mark.slow
