@@ -94,6 +94,9 @@ def train_env() -> dict:
     return env
 
 
+LAUNCH = [sys.executable, "-m", "gpt_novel.launch"]
+
+
 def train_command(data: Path, run_dir: Path, stage: int, nproc: int = 2, *extra: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
             "-m", "gpt_novel.train", *COMMON, "--data", str(data), "--run-dir", str(run_dir),
@@ -230,6 +233,24 @@ def leftovers(marker: str) -> list[str]:
         if marker in cmd and state != "Z":
             found.append(f"{proc.name}: {cmd}")
     return found
+
+
+def pids_of(marker: str, wanted) -> list[int]:
+    """The pids of the run's processes whose command line and environment (a list of NAME=value) `wanted` takes."""
+    found = []
+    for line in leftovers(marker):
+        pid, cmd = line.split(": ", 1)
+        with contextlib.suppress(OSError):
+            env = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+            if wanted(cmd, env):
+                found.append(int(pid))
+    return found
+
+
+def rank_pid(marker: str, rank: int) -> int:
+    """The rank itself, not one of its DataLoader workers (same command line, RANK in the environment too): the
+    rank started before the workers it forked."""
+    return min(pids_of(marker, lambda cmd, env: "gpt_novel.train" in cmd and f"RANK={rank}" in env))
 
 
 def kill_job(marker: str) -> None:

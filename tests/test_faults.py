@@ -17,11 +17,13 @@ from pathlib import Path
 import pytest
 from conftest import (
     COMMON,
+    LAUNCH,
     ROOT,
     SAMPLE_DIR,
     STEPS,
     assert_no_leftovers,
     leftovers,
+    pids_of,
     run_command,
     run_prepare,
     train_command,
@@ -35,7 +37,6 @@ from gpt_novel.data.stream import ShardSet, StreamSpec, TrainStream
 from gpt_novel.errors import UserError
 
 pytestmark = pytest.mark.slow
-LAUNCH = [sys.executable, "-m", "gpt_novel.launch"]
 
 
 def run_until_exit(cmd: list[str], log: Path, error_mark: str = "error") -> tuple[int, float]:
@@ -135,14 +136,13 @@ def test_an_unwritable_run_dir_is_refused_before_deepspeed_starts(train_data, tm
         (tmp_path / "file").write_text("")
         run_dir = tmp_path / "file" / "run"
     try:
-        start = time.time()
         result = run_command(LAUNCH + train_command(train_data, run_dir, 2))
     finally:
         _umount(ro)
     out = result.stdout + result.stderr
     assert result.returncode == 2, out[-3000:]
     assert len(error_lines(out)) == 1 and f"--run-dir {run_dir} is not writable" in out
-    assert "parameters, ZeRO" not in out and time.time() - start < 30  # training never started
+    assert "parameters, ZeRO" not in out  # training never started
     assert_no_leftovers(str(run_dir))
 
 
@@ -238,7 +238,8 @@ def test_a_sigkilled_gpt_novel_launch_takes_its_launcher_and_ranks_with_it(train
 
 
 # a STOP file through gpt-novel launch: test_launchers.py ("gpt-novel launch torchrun 1")
-@pytest.mark.parametrize("how", ["SIGTERM to gpt-novel launch", "SIGTERM to torchrun", "SIGTERM to rank 1"])
+# SIGTERM to one rank: test_train.py's interrupted run, resumed exactly after
+@pytest.mark.parametrize("how", ["SIGTERM to gpt-novel launch", "SIGTERM to torchrun"])
 def test_a_graceful_stop_reaches_the_caller_as_75(train_data, tmp_path, how):
     run_dir = tmp_path / "run"
     with open(tmp_path / "log", "w") as log:
@@ -249,27 +250,14 @@ def test_a_graceful_stop_reaches_the_caller_as_75(train_data, tmp_path, how):
         time.sleep(0.05)
     if how == "SIGTERM to gpt-novel launch":
         proc.send_signal(signal.SIGTERM)
-    elif how == "SIGTERM to torchrun":
-        os.kill(_pids(run_dir, lambda cmd, env: cmd.startswith(sys.executable + " -m torch.distributed.run"))[0],
+    else:
+        os.kill(pids_of(str(run_dir), lambda cmd, env: cmd.startswith(sys.executable + " -m torch.distributed.run"))[0],
                 signal.SIGTERM)
-    else:  # the rank itself, not one of its DataLoader workers (same command line, RANK in the environment too)
-        rank1 = _pids(run_dir, lambda cmd, env: "gpt_novel.train" in cmd and "RANK=1" in env)
-        os.kill(min(rank1), signal.SIGTERM)  # the rank started before the workers it forked
     code = proc.wait(timeout=180)
     out = (tmp_path / "log").read_text()
     assert code == 75, out[-3000:]
     assert "stop requested" in out and checkpoint.find_latest(run_dir) is not None
     assert_no_leftovers(str(run_dir))
-
-
-def _pids(run_dir: Path, wanted) -> list[int]:
-    found = []
-    for line in leftovers(str(run_dir)):
-        pid, cmd = line.split(": ", 1)
-        env = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
-        if wanted(cmd, env):
-            found.append(int(pid))
-    return found
 
 
 def _text(path: Path) -> str:
@@ -338,3 +326,17 @@ def test_same_size_damage_in_a_checkpoint_is_named(zero_runs, tmp_path):
     assert found == run_dir / "checkpoints" / f"step-{STEPS - 6:08d}"
     assert warnings == [f"warning: skipping checkpoint {newest.name}: ds/{victim.name} does not match its sha256 "
                         "(damaged)"]
+
+
+def test_a_torn_newest_checkpoint_is_skipped_and_the_run_resumes_exactly(train_data, zero_runs, tmp_path):
+    """Both ranks check the digests together and fall back to the checkpoint before, bitwise the same run."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(zero_runs[2], run_dir)
+    newest = run_dir / "checkpoints" / f"step-{STEPS:08d}"
+    victim = next((newest / "ds").glob("*optim_states.pt"))
+    victim.write_bytes(victim.read_bytes()[:100])  # torn write
+    result = run_command(train_command(train_data, run_dir, 2, 2, "--max-steps", str(STEPS)))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert f"skipping checkpoint step-{STEPS:08d}" in output and f"step-{STEPS - 6:08d}" in output
+    assert train_lines(run_dir) == train_lines(zero_runs[2])
