@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # is the exact set CI tests (constraints.txt); pyproject.toml gives the ranges a pip install accepts.
 TORCH  := torch==2.13.0
 
-.PHONY: install constraints test test-fast lint demo bench gpu-check gpu-bundle clean
+.PHONY: install constraints test test-fast coverage lint demo bench gpu-check gpu-bundle clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ test: lint
 # Everything but the tests marked slow, for a quick local loop.
 test-fast: lint
 	$(BIN)/pytest -q -m 'not slow'
+
+# Line coverage of gpt_novel/ over the whole suite, the processes it starts included (pyproject.toml's
+# [tool.coverage.run]). COVERAGE_FILE is absolute: tests start processes in other directories.
+coverage: lint
+	rm -f .coverage .coverage.*
+	COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/pytest -q --cov --cov-report=term
 
 # GPUs when present (one process each), else 2 CPU processes.
 NPROC  ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | wc -l); [ "$$n" -gt 0 ] && echo $$n || echo 2)
