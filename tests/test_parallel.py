@@ -1,7 +1,12 @@
 """DeepSpeed's start-up as rank 0 tells it, in-process: the once-per-machine compile of its CPU op is announced
-before it happens, and its "built successfully" line is dropped on every start."""
+before it happens, and its "built successfully" line is dropped on every start; the op is checked with this
+environment's own ninja, however the trainer was started."""
 
 from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +14,12 @@ import torch
 from gpt_novel import parallel
 
 FIRST_START = "first start on this machine: DeepSpeed is compiling its CPU communication op"
+
+
+@pytest.fixture(autouse=True)
+def _path(monkeypatch):
+    """deepspeed_start may put this environment's directory first on PATH: undone after each test."""
+    monkeypatch.setenv("PATH", os.environ.get("PATH", ""))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU op is built on hosts without GPUs only")
@@ -32,3 +43,31 @@ def test_a_built_op_is_not_announced(tmp_path, monkeypatch, capsys):
     with parallel.deepspeed_start(True):
         pass
     assert capsys.readouterr().out == ""
+
+
+def _ninja(folder) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "ninja").write_text("#!/bin/sh\n")
+    (folder / "ninja").chmod(0o755)
+    return folder / "ninja"
+
+
+def test_the_op_is_checked_with_the_installed_ninja_from_any_shell(tmp_path, monkeypatch):
+    """A shell without the venv activated finds the system's ninja first; another ninja version discards the
+    build log and rebuilds the op (15 s here) each time the two alternate."""
+    installed = parallel.installed_ninja()
+    assert installed is not None and installed.is_file()  # DeepSpeed requires the ninja package
+    system = _ninja(tmp_path / "usr" / "bin").parent
+    monkeypatch.setenv("PATH", f"{system}{os.pathsep}/bin")
+    parallel.ninja_of_this_environment()
+    assert Path(shutil.which("ninja")).resolve() == installed
+    path = os.environ["PATH"]
+    parallel.ninja_of_this_environment()  # already first: PATH unchanged
+    assert os.environ["PATH"] == path and path.endswith(f"{system}{os.pathsep}/bin")
+
+
+def test_without_an_installed_ninja_the_path_is_left_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", f"{_ninja(tmp_path / 'bin').parent}:/bin")
+    monkeypatch.setattr(parallel, "installed_ninja", lambda: None)
+    parallel.ninja_of_this_environment()
+    assert os.environ["PATH"] == f"{tmp_path / 'bin'}:/bin"
