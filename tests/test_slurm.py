@@ -229,25 +229,33 @@ def _logs(logs: Path, step: str) -> str:
     return "".join(p.read_text() for p in sorted(logs.glob(f"gpt-novel-{step}-*.out")))
 
 
-@needs_slurm
-def test_sbatch_prepare_gives_the_bytes_of_one_machine_with_1_and_3_tasks(tmp_path, sample_text, cache_dir):
-    corpus = split_corpus(sample_text, tmp_path / "novels")
-    assert run_prepare([corpus], tmp_path / "local", cache_dir, "--workers", "1", *SPLIT_OPTIONS) == 0
-    reference = dataset_bytes(tmp_path / "local")
-    for tasks in (1, 3):
-        out, logs = tmp_path / f"slurm{tasks}", tmp_path / f"logs{tasks}"
-        job = _sbatch_prepare(_prepare_env(corpus, out, logs, tasks, 1, cache_dir), logs)
-        assert _exit_status(job) == 0, (logs / "driver.out").read_text()[-3000:]
-        assert dataset_bytes(out) == reference
-        assert f"read: task {tasks - 1} of {tasks}: partition(s) {'0-3' if tasks == 1 else '2'}" in _logs(logs, "read")
-        assert not (tmp_path / f".slurm{tasks}.work").exists()
+@pytest.fixture(scope="module")
+def split_novels(tmp_path_factory, sample_text, cache_dir) -> tuple[Path, dict[str, str]]:
+    """The sample split into several novels, and the bytes one machine prepares from them (`--workers 1`)."""
+    root = tmp_path_factory.mktemp("split")
+    corpus = split_corpus(sample_text, root / "novels")
+    assert run_prepare([corpus], root / "local", cache_dir, "--workers", "1", *SPLIT_OPTIONS) == 0
+    return corpus, dataset_bytes(root / "local")
 
 
 @needs_slurm
-def test_a_cancelled_array_task_is_all_a_resubmission_redoes(tmp_path, sample_text, cache_dir):
-    """Tasks of 2 CPUs on two 2-CPU nodes, one of them holding the driver: the array runs one task at a time, so
-    task 2 of the segment array is still pending when it is cancelled."""
-    corpus, out = split_corpus(sample_text, tmp_path / "novels"), tmp_path / "d"
+def test_sbatch_prepare_with_one_task_gives_the_bytes_of_one_machine(tmp_path, split_novels, cache_dir):
+    """With three tasks: the next test, whose resubmitted pipeline ends with the same bytes."""
+    corpus, reference = split_novels
+    out, logs = tmp_path / "slurm", tmp_path / "logs"
+    job = _sbatch_prepare(_prepare_env(corpus, out, logs, 1, 1, cache_dir), logs)
+    assert _exit_status(job) == 0, (logs / "driver.out").read_text()[-3000:]
+    assert dataset_bytes(out) == reference
+    assert "read: task 0 of 1: partition(s) 0-3" in _logs(logs, "read")
+    assert not (tmp_path / ".slurm.work").exists()
+
+
+@needs_slurm
+def test_a_cancelled_array_task_is_all_a_resubmission_redoes(tmp_path, split_novels, cache_dir):
+    """Three tasks of 2 CPUs on two 2-CPU nodes, one of them holding the driver: the array runs one task at a time,
+    so task 2 of the segment array is still pending when it is cancelled. The resubmission redoes that task alone
+    and ends with the bytes one machine prepares."""
+    (corpus, reference), out = split_novels, tmp_path / "d"
     first, second = tmp_path / "logs1", tmp_path / "logs2"
     job = _sbatch_prepare(_prepare_env(corpus, out, first, 3, 2, cache_dir), first)
     deadline, segment = time.time() + 300, None
@@ -260,6 +268,7 @@ def test_a_cancelled_array_task_is_all_a_resubmission_redoes(tmp_path, sample_te
     subprocess.run(["scancel", f"{segment}_2"], check=True, timeout=30)
     assert _exit_status(job) != 0  # the steps after it never ran
     assert not out.exists() and "input partition(s) 2" not in _logs(first, "segment")
+    assert "read: task 2 of 3: partition(s) 2" in _logs(first, "read")
     job = _sbatch_prepare(_prepare_env(corpus, out, second, 3, 1, cache_dir), second)
     assert _exit_status(job) == 0, (second / "driver.out").read_text()[-3000:]
     read, segmented = _logs(second, "read"), _logs(second, "segment")
@@ -267,5 +276,4 @@ def test_a_cancelled_array_task_is_all_a_resubmission_redoes(tmp_path, sample_te
     assert "segment: input partition(s) 0,3 done earlier, kept" in segmented
     assert "segment: input partition(s) 1 done earlier, kept" in segmented
     assert "segment: working on input partition(s) 2" in segmented and segmented.count("working on") == 1
-    assert run_prepare([corpus], tmp_path / "local", cache_dir, "--workers", "1", *SPLIT_OPTIONS) == 0
-    assert dataset_bytes(out) == dataset_bytes(tmp_path / "local")
+    assert dataset_bytes(out) == reference
