@@ -137,7 +137,7 @@ def test_compiled_model_trains_like_the_eager_one_and_consolidates(data, tmp_pat
 
     from gpt_novel import consolidate
 
-    short = ["--max-steps", "4", "--warmup-steps", "1", "--save-every", "4", "--eval-every", "4",
+    short = ["--n-layer", "1", "--max-steps", "4", "--warmup-steps", "1", "--save-every", "4", "--eval-every", "4",
              "--sample-every", "4"]
     losses = {}
     for compiled in ("false", "true"):
