@@ -72,18 +72,9 @@ def wait_for_job(job: str, states: set[str], timeout: float = 300) -> str:
 
 
 @needs_slurm
-def test_two_node_sbatch_run_equals_a_single_node_run(train_data, zero_runs, tmp_path):
-    run_dir, log = tmp_path / "run", tmp_path / "job.out"
-    job = _submit(train_data, run_dir, log)
-    assert wait_for_job(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}) == "COMPLETED", log.read_text()[-3000:]
-    text = log.read_text()
-    assert "node n1 (node rank 0)" in text and "node n2 (node rank 1)" in text
-    assert "restart 0" in text and "training finished" in text
-    assert train_lines(run_dir) == train_lines(zero_runs[2])
-
-
-@needs_slurm
 def test_usr1_checkpoints_requeues_and_resumes_exactly(train_data, zero_runs, tmp_path):
+    """A two-node job (one process per node) signalled before its time limit: it checkpoints, requeues itself and
+    resumes on two nodes, and the whole run is the single-node 2-process run, bit for bit."""
     run_dir, log = tmp_path / "run", tmp_path / "job.out"
     job = _submit(train_data, run_dir, log)
     deadline = time.time() + 300
@@ -97,7 +88,8 @@ def test_usr1_checkpoints_requeues_and_resumes_exactly(train_data, zero_runs, tm
         log.read_text()[-3000:]
     text = log.read_text()
     assert text.count("signal received") == 1 and text.count("requeueing") == 1, text  # the requeue said once
-    assert "restart 1" in text and "resuming from " + str(run_dir) in text
+    assert "node n1 (node rank 0)" in text and "node n2 (node rank 1)" in text
+    assert "restart 0" in text and "restart 1" in text and "resuming from " + str(run_dir) in text
     assert "status 75" not in text and "Traceback" not in text
     assert "training finished" in text
     assert train_lines(run_dir) == train_lines(zero_runs[2])
