@@ -29,6 +29,7 @@ import pytest
 import torch
 from conftest import ROOT
 
+from gpt_novel import cli
 from gpt_novel.data.vocab import Vocab
 from gpt_novel.serve import DRAIN_BYTES
 
@@ -383,24 +384,20 @@ def test_a_client_that_goes_away_stops_its_generation(api):
     _assert_generation_ends_within(api, 2.0)  # left alone, 8 drafts × 480 tokens take far longer
 
 
-@pytest.mark.slow
-def test_serve_refuses_a_busy_port_and_a_folder_that_is_not_a_model(tmp_path, slow_folder):
+def test_serve_refuses_a_busy_port_and_a_folder_that_is_not_a_model(tmp_path, slow_folder, capsys):
+    """In-process, through `gpt-novel serve`'s own entry: each refusal comes before the model is loaded."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "gpt_novel", "serve", str(slow_folder), "--port", str(port)],
-                                cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith(f"gpt-novel serve: error: cannot listen on 127.0.0.1:{port}: ")
-    assert "try --port" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "gpt_novel", "serve", str(slow_folder), "--port", "99999"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert (result.returncode, result.stderr) == (2, "gpt-novel serve: error: need --queue ≥ 1 and a --port of "
-                                                     "1…65535\n")
-    result = subprocess.run([sys.executable, "-m", "gpt_novel", "serve", str(tmp_path)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and result.stderr == (f"gpt-novel serve: error: {tmp_path} is not a model folder "
-                                                        f"(no config.json); make one with tools/consolidate.py\n")
+        assert cli.main(["serve", str(slow_folder), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"gpt-novel serve: error: cannot listen on 127.0.0.1:{port}: ")
+    assert "try --port" in err
+    assert cli.main(["serve", str(slow_folder), "--port", "99999"]) == 2
+    assert capsys.readouterr().err == "gpt-novel serve: error: need --queue ≥ 1 and a --port of 1…65535\n"
+    assert cli.main(["serve", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"gpt-novel serve: error: {tmp_path} is not a model folder (no config.json); "
+                                       "make one with tools/consolidate.py\n")
 
 
 # --- the page in a browser ---------------------------------------------------------------------------------------

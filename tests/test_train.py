@@ -195,9 +195,10 @@ def test_accelerate_gives_the_torchrun_run_and_says_each_thing_once_from_rank_0(
     assert_no_leftovers(str(run_dir))
 
 
-def test_overfitting_is_flagged_and_the_best_checkpoint_kept_and_consolidated(sample_data, tmp_path):
+def test_overfitting_is_flagged_and_the_best_checkpoint_kept_and_consolidated(sample_data, tmp_path, capsys):
     """A tiny model trained far too long on the sample: the val loss turns up while the train loss keeps falling.
     One warning names the best checkpoint; --keep-last 1 still keeps it; consolidate --best picks it."""
+    from gpt_novel import consolidate
     from gpt_novel.metrics import read_metrics
 
     run_dir = tmp_path / "run"
@@ -215,9 +216,10 @@ def test_overfitting_is_flagged_and_the_best_checkpoint_kept_and_consolidated(sa
     kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert kept == [f"step-{best:08d}", "step-00000120"]
     out = tmp_path / "hf"
-    done = run_command([sys.executable, "tools/consolidate.py", str(run_dir), str(out), "--best"])
-    assert done.returncode == 0, done.stderr
-    assert f"the best checkpoint is step-{best:08d}" in done.stderr
+    capsys.readouterr()
+    assert consolidate.main([str(run_dir), str(out), "--best"]) == 0
+    assert f"the best checkpoint is step-{best:08d}" in capsys.readouterr().err
     assert f"step {best}" in (out / "README.md").read_text(encoding="utf-8")
-    both = run_command([sys.executable, "tools/consolidate.py", str(run_dir), str(out), "--best", "--step", "120"])
-    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    with pytest.raises(SystemExit) as refused:
+        consolidate.main([str(run_dir), str(out), "--best", "--step", "120"])
+    assert refused.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
