@@ -1,7 +1,8 @@
 """What an elastic resume costs and changes, on the `small` preset (GPT-2 124M shape). Prints JSON (and writes it to
 --json).
 
-usage: python benchmarks/resume.py [--corpus sample/corpus] [--steps 2] [--preset small] [--work DIR] [--json PATH]
+usage: python benchmarks/resume.py [--corpus sample/corpus] [--steps 2] [--preset small] [--layout NAME ...]
+                                  [--work DIR] [--json PATH]
 
 Trains `small` (or --preset) for 2 × --steps steps on 2 processes with ZeRO-2 (the reference, with a checkpoint at
 --steps), then resumes that checkpoint, as if the run had been killed right after it, on 1 process (ZeRO-2) and on 2
@@ -36,6 +37,8 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=ROOT / "sample" / "corpus")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--preset", default="small", help="the model (tiny: the plumbing alone, in seconds)")
+    parser.add_argument("--layout", dest="layouts", action="append", choices=list(LAYOUTS),
+                        help="resume in this layout only (repeatable; default: each of them)")
     parser.add_argument("--work", type=Path, help="keep the data and runs here (default: a temporary directory)")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
     report_of(run, parser.parse_args())
@@ -63,7 +66,8 @@ def run(args, work: Path) -> dict:
     report = {"preset": args.preset, "seq_len": SEQ, "global_batch": 4,
               "resumed_at_step": args.steps,
               "checkpoint_mb": round(sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file()) / 2**20, 1)}
-    for name, (nproc, stage) in LAYOUTS.items():
+    for name in args.layouts or LAYOUTS:
+        nproc, stage = LAYOUTS[name]
         run_dir = cut(reference, work / f"resumed-{nproc}-{stage}", args.steps)
         output = _call(_command(run_dir, data, nproc, stage, *train))
         seconds = float(re.search(r"universal checkpoint and loaded in ([\d.]+) s", output).group(1))
