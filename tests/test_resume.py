@@ -78,13 +78,22 @@ def _loaded_state(ckpt: Path, nproc: int, stage: int, out: Path) -> dict:
     return torch.load(out)
 
 
-def _saved_state(ckpt: Path, out: Path) -> Path:
+@pytest.fixture(scope="module")
+def saved_state(tmp_path_factory):
     """The checkpoint's fp32 weights and Adam moments, each parameter whole, as DeepSpeed's ds_to_universal reads
-    them from the saved files."""
-    subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                    str(ckpt / checkpoint.DS_TAG), "--output_folder", str(out), "--inject_missing_state"],
-                   check=True, capture_output=True, env=train_env(), timeout=300)
-    return out / "zero"
+    them from the saved files: converted once per checkpoint."""
+    converted: dict[Path, Path] = {}
+
+    def of(ckpt: Path) -> Path:
+        if ckpt not in converted:
+            out = tmp_path_factory.mktemp("universal")
+            subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                            str(ckpt / checkpoint.DS_TAG), "--output_folder", str(out), "--inject_missing_state"],
+                           check=True, capture_output=True, env=train_env(), timeout=300)
+            converted[ckpt] = out / "zero"
+        return converted[ckpt]
+
+    return of
 
 
 def _saved(zero: Path, name: str, key: str) -> torch.Tensor:
@@ -93,10 +102,11 @@ def _saved(zero: Path, name: str, key: str) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(("source", "nproc", "stage"), [("zero2", 3, 3), ("zero3", 1, 1), ("zero2", 1, "3_offload")])
-def test_master_weights_and_adam_moments_survive_the_change(elastic_run, zero_runs, tmp_path, source, nproc, stage):
+def test_master_weights_and_adam_moments_survive_the_change(elastic_run, zero_runs, saved_state, tmp_path, source,
+                                                          nproc, stage):
     ckpt = (elastic_run / "checkpoints" / f"step-{CUT:08d}" if source == "zero2"
             else zero_runs[3] / "checkpoints" / "step-00000012")
-    zero = _saved_state(ckpt, tmp_path / "universal")
+    zero = saved_state(ckpt)
     loaded = _loaded_state(ckpt, nproc, stage, tmp_path / "loaded.pt")
     assert len(loaded) > 10
     for name, values in loaded.items():
