@@ -220,7 +220,7 @@ def test_init_from_starts_from_the_folders_weights_and_trains(bert_folder, bert_
 
 @pytest.mark.slow
 def test_finetuned_folder_has_the_pretrained_tokenizer_and_the_engines_logits(bert_folder, bert_data, finetuned,
-                                                                               tmp_path):
+                                                                               tmp_path, capsys):
     from transformers import AutoTokenizer
 
     from gpt_novel import consolidate
@@ -229,9 +229,9 @@ def test_finetuned_folder_has_the_pretrained_tokenizer_and_the_engines_logits(be
     folder = consolidate.consolidate(finetuned[3], tmp_path / "hf")
     assert AutoTokenizer.from_pretrained(folder).get_vocab() == AutoTokenizer.from_pretrained(bert_folder).get_vocab()
     assert_folder_logits_equal_the_engines(ckpt, folder, tmp_path)
-    sample = run_command([sys.executable, "tools/sample.py", str(folder), "--prompt", "青石镇", "--max-new-tokens",
-                          "8", "--seed", "1"])
-    assert sample.returncode == 0 and sample.stdout.startswith("青石镇"), sample.stderr
+    capsys.readouterr()
+    assert main(["sample", str(folder), "--prompt", "青石镇", "--max-new-tokens", "8", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.startswith("青石镇")
     from transformers import pipeline
 
     text = pipeline("text-generation", model=str(folder))("青石镇", max_new_tokens=6)[0]["generated_text"]
