@@ -80,9 +80,10 @@ def _wait_for_step(run_dir: Path, proc: subprocess.Popen, step: int, timeout: fl
 @pytest.mark.parametrize(("stage", "how"), [(1, signal.SIGKILL), (3, signal.SIGKILL), (2, signal.SIGTERM)])
 def test_interrupted_run_resumes_exactly(data, reference, tmp_path, stage, how):
     """SIGKILL of the whole job, as a crash; or SIGTERM to rank 1 alone, through `gpt-novel launch`: every rank
-    saves and stops, the caller gets 75 (the other graceful stops: test_faults.py)."""
+    saves and stops, the caller gets 75 (the other graceful stops: test_faults.py). The ZeRO-1 run sets
+    --deterministic true: a CPU is deterministic already, so it still repeats the reference run bit for bit."""
     run_dir = tmp_path / "run"
-    cmd = train_command(data, run_dir, stage)
+    cmd = train_command(data, run_dir, stage, 2, *(["--deterministic", "true"] if stage == 1 else []))
     log = tmp_path / "first.log"
     proc = _start(cmd if how == signal.SIGKILL else LAUNCH + cmd, log)
     kill_at = random.Random(stage).randint(8, 16)  # after the step-6 checkpoint
