@@ -68,6 +68,11 @@ def test_the_op_is_checked_with_the_installed_ninja_from_any_shell(tmp_path, mon
 
 def test_without_an_installed_ninja_the_path_is_left_alone(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{_ninja(tmp_path / 'bin').parent}:/bin")
-    monkeypatch.setattr(parallel, "installed_ninja", lambda: None)
+
+    def not_installed(name: str):
+        raise parallel.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(parallel.metadata, "distribution", not_installed)
+    assert parallel.installed_ninja() is None
     parallel.ninja_of_this_environment()
     assert os.environ["PATH"] == f"{tmp_path / 'bin'}:/bin"
