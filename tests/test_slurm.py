@@ -41,6 +41,10 @@ needs_slurm = pytest.mark.skipif(not _slurm_up(), reason="no local Slurm with 2 
 # thread; a CPU's reductions depend on the thread count, so these jobs get one too. (tests/test_launchers.py starts
 # Slurm jobs with the thread settings of a user's shell.)
 SAME_THREADS = {"OMP_NUM_THREADS": "1"}
+# A stop reaches the trainer through train.sh's STOP file, polled twice a second, while the 24 steps train in about a
+# second: a checkpoint at every step (which changes no loss, learning rate or sample) leaves the signal a few seconds
+# to land before the run ends on its own, as it once did in CI.
+RUNWAY = ("--save-every", "1")
 
 
 def _submit(data: Path, run_dir: Path, log: Path, *options: str, nodes: int = 2, extra: tuple[str, ...] = ()) -> str:
@@ -76,13 +80,8 @@ def test_usr1_checkpoints_requeues_and_resumes_exactly(train_data, zero_runs, tm
     """A two-node job (one process per node) signalled before its time limit: it checkpoints, requeues itself and
     resumes on two nodes, and the whole run is the single-node 2-process run, bit for bit."""
     run_dir, log = tmp_path / "run", tmp_path / "job.out"
-    job = _submit(train_data, run_dir, log)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # after the step-6 checkpoint
-        metrics = run_dir / "metrics.jsonl"
-        if metrics.exists() and '"step": 9,' in metrics.read_text():
-            break
-        time.sleep(0.2)
+    job = _submit(train_data, run_dir, log, extra=RUNWAY)
+    _wait_for_step(run_dir, 7)  # after the step-6 checkpoint
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, timeout=10)
     assert wait_for_job(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=400) == "COMPLETED", \
         log.read_text()[-3000:]
@@ -101,7 +100,7 @@ def _wait_for_step(run_dir: Path, step: int, timeout: float = 300) -> None:
         metrics = run_dir / "metrics.jsonl"
         if metrics.exists() and f'"step": {step},' in metrics.read_text():
             return
-        time.sleep(0.2)
+        time.sleep(0.05)
     raise AssertionError(f"step {step} not reached")
 
 
@@ -120,8 +119,8 @@ def _expected_samples(data: Path, steps: int) -> dict[int, list[tuple[int, int]]
 @needs_slurm
 def test_a_job_stopped_on_two_nodes_resumes_on_one_with_the_same_samples(train_data, tmp_path):
     run_dir = tmp_path / "run"
-    job = _submit(train_data, run_dir, tmp_path / "first.out", "--no-requeue", extra=("--log-samples",))
-    _wait_for_step(run_dir, 9)  # after the step-6 checkpoint
+    job = _submit(train_data, run_dir, tmp_path / "first.out", "--no-requeue", extra=("--log-samples", *RUNWAY))
+    _wait_for_step(run_dir, 7)  # after the step-6 checkpoint
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, timeout=10)
     wait_for_job(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=400)
     first = (tmp_path / "first.out").read_text()
@@ -173,12 +172,13 @@ def test_bash_train_sh_in_an_allocation_returns_75_after_a_graceful_stop(train_d
     run_dir, log = tmp_path / "run", tmp_path / "out.log"
     env = dict(train_env(), PRESET="tiny", DATA=str(train_data), RUN_DIR=str(run_dir), PROCS_PER_NODE="1",
                DS_CONFIG=str(ROOT / "ds_configs" / "zero2.json"), REPO=str(ROOT), PYTHON=sys.executable)
-    cmd = ["salloc", "--nodes", "2", "--cpus-per-task", "1", "bash", str(ROOT / "slurm" / "train.sh"), *COMMON[2:]]
+    cmd = ["salloc", "--nodes", "2", "--cpus-per-task", "1", "bash", str(ROOT / "slurm" / "train.sh"), *COMMON[2:],
+           *RUNWAY]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.time() + 240
     metrics = run_dir / "metrics.jsonl"
-    while time.time() < deadline and not (metrics.exists() and '"step": 8,' in metrics.read_text()):
+    while time.time() < deadline and not (metrics.exists() and '"step": 7,' in metrics.read_text()):
         assert proc.poll() is None, log.read_text()[-3000:]
         time.sleep(0.1)
     script = subprocess.run(["pgrep", "-f", f"^bash {ROOT / 'slurm' / 'train.sh'}"], capture_output=True,
