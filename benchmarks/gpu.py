@@ -38,8 +38,8 @@ GPU = torch.cuda.is_available()
 MODEL = ["--config", "small"] if GPU else ["--config", "tiny", "--n-layer", "1", "--n-head", "2", "--n-embd", "32"]
 BATCH = {"micro_batch_size": 16 if GPU else 2, "grad_accum": 2}
 # --smoke leaves out the legs whose code path another leg walks: the compiled trainer run (the trainer with one more
-# flag; tests/test_train.py trains with --compile), the --deterministic resume (the default one's, plus a reference
-# run) and sampling at batch 8. What is left walks every function here, in seconds rather than a minute.
+# flag; tests/test_train.py trains with --compile and with --deterministic), the --deterministic resume (the default
+# one's, plus a reference run) and sampling at batch 8. What is left walks every function here in half the time.
 _SMOKE = "left out by --smoke"
 
 
