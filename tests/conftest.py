@@ -103,6 +103,26 @@ def train_command(data: Path, run_dir: Path, stage: int, nproc: int = 2, *extra:
             "--deepspeed", str(ROOT / "ds_configs" / f"zero{stage}.json"), *extra]
 
 
+def start_run(cmd: list[str], log: Path) -> subprocess.Popen:
+    """In its own session (to signal the launcher and its workers together), output to a file: a pipe nobody
+    reads would fill up and stall the run."""
+    with open(log, "w") as out:
+        return subprocess.Popen(cmd, cwd=ROOT, env=train_env(), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen | None = None, timeout: float = 300) -> None:
+    """Until the run's metrics.jsonl has `step` (failing at once if `proc`, the run's launcher, has ended)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc is None or proc.poll() is None, f"the run ended before step {step}"
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and f'"step": {step},' in metrics.read_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} not reached")
+
+
 def run_command(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     """Run a launcher; one that outlives `timeout` fails the test with where each of its ranks was waiting."""
     with subprocess.Popen(cmd, cwd=ROOT, env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

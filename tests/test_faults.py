@@ -26,9 +26,11 @@ from conftest import (
     pids_of,
     run_command,
     run_prepare,
+    start_run,
     train_command,
     train_env,
     train_lines,
+    wait_for_step,
 )
 
 from gpt_novel import checkpoint, consolidate
@@ -200,11 +202,9 @@ def test_two_trainers_on_one_run_dir(train_data, zero_runs, tmp_path):
 
 
 def test_a_sigkilled_launcher_takes_its_ranks_and_workers_with_it(train_data, tmp_path):
-    from test_train import _start, _wait_for_step
-
     run_dir = tmp_path / "run"
-    proc = _start(train_command(train_data, run_dir, 2, 2, "--max-steps", "100000"), tmp_path / "log")
-    _wait_for_step(run_dir, proc, 3)
+    proc = start_run(train_command(train_data, run_dir, 2, 2, "--max-steps", "100000"), tmp_path / "log")
+    wait_for_step(run_dir, 3, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # torchrun's ranks run in sessions of their own: this reaches the agent only
     proc.wait(timeout=60)
     started = time.time()

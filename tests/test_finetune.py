@@ -22,7 +22,9 @@ from conftest import (
     kill_job,
     run_command,
     run_prepare,
+    start_run,
     train_lines,
+    wait_for_step,
 )
 
 from gpt_novel.cli import main
@@ -246,12 +248,10 @@ def test_finetuned_folder_has_the_pretrained_tokenizer_and_the_engines_logits(be
 
 @pytest.mark.slow
 def test_init_from_run_resumes_exactly(bert_folder, bert_data, finetuned, tmp_path):
-    from test_train import _start, _wait_for_step
-
     run_dir = tmp_path / "run"
     cmd = _finetune_command(bert_data, bert_folder, run_dir, 2)
-    proc = _start(cmd, tmp_path / "first.log")
-    _wait_for_step(run_dir, proc, 8)
+    proc = start_run(cmd, tmp_path / "first.log")
+    wait_for_step(run_dir, 8, proc)
     kill_job(str(run_dir))
     proc.wait(timeout=120)
     assert_no_leftovers(str(run_dir), timeout=10)

@@ -18,7 +18,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import COMMON, ROOT, SPLIT_OPTIONS, dataset_bytes, run_prepare, split_corpus, train_env, train_lines
+from conftest import (
+    COMMON,
+    ROOT,
+    SPLIT_OPTIONS,
+    dataset_bytes,
+    run_prepare,
+    split_corpus,
+    train_env,
+    train_lines,
+    wait_for_step,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +91,7 @@ def test_usr1_checkpoints_requeues_and_resumes_exactly(train_data, zero_runs, tm
     resumes on two nodes, and the whole run is the single-node 2-process run, bit for bit."""
     run_dir, log = tmp_path / "run", tmp_path / "job.out"
     job = _submit(train_data, run_dir, log, extra=RUNWAY)
-    _wait_for_step(run_dir, 7)  # after the step-6 checkpoint
+    wait_for_step(run_dir, 7)  # after the step-6 checkpoint
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, timeout=10)
     assert wait_for_job(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=400) == "COMPLETED", \
         log.read_text()[-3000:]
@@ -92,16 +102,6 @@ def test_usr1_checkpoints_requeues_and_resumes_exactly(train_data, zero_runs, tm
     assert "status 75" not in text and "Traceback" not in text
     assert "training finished" in text
     assert train_lines(run_dir) == train_lines(zero_runs[2])
-
-
-def _wait_for_step(run_dir: Path, step: int, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        metrics = run_dir / "metrics.jsonl"
-        if metrics.exists() and f'"step": {step},' in metrics.read_text():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"step {step} not reached")
 
 
 def _expected_samples(data: Path, steps: int) -> dict[int, list[tuple[int, int]]]:
@@ -120,7 +120,7 @@ def _expected_samples(data: Path, steps: int) -> dict[int, list[tuple[int, int]]
 def test_a_job_stopped_on_two_nodes_resumes_on_one_with_the_same_samples(train_data, tmp_path):
     run_dir = tmp_path / "run"
     job = _submit(train_data, run_dir, tmp_path / "first.out", "--no-requeue", extra=("--log-samples", *RUNWAY))
-    _wait_for_step(run_dir, 7)  # after the step-6 checkpoint
+    wait_for_step(run_dir, 7)  # after the step-6 checkpoint
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, timeout=10)
     wait_for_job(job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, timeout=400)
     first = (tmp_path / "first.out").read_text()

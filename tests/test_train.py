@@ -12,7 +12,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,9 +26,11 @@ from conftest import (
     kill_job,
     rank_pid,
     run_command,
+    start_run,
     train_command,
     train_env,
     train_lines,
+    wait_for_step,
 )
 
 from gpt_novel import parallel
@@ -58,25 +59,6 @@ def test_zero_stage_trains_and_the_loss_goes_down(reference, stage):
     assert kept == [f"step-{s:08d}" for s in (12, 18, 24)]  # keep_last 3
 
 
-def _start(cmd: list[str], log: Path) -> subprocess.Popen:
-    """In its own session (to signal the launcher and its workers together), output to a file: a pipe nobody
-    reads would fill up and stall the run."""
-    with open(log, "w") as out:
-        return subprocess.Popen(cmd, cwd=ROOT, env=train_env(), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
-def _wait_for_step(run_dir: Path, proc: subprocess.Popen, step: int, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, f"the run ended before step {step}"
-        metrics = run_dir / "metrics.jsonl"
-        if metrics.exists() and any(f'"step": {step},' in line for line in metrics.read_text().splitlines()):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"step {step} not reached")
-
-
 @pytest.mark.parametrize(("stage", "how"), [(1, signal.SIGKILL), (3, signal.SIGKILL), (2, signal.SIGTERM)])
 def test_interrupted_run_resumes_exactly(data, reference, tmp_path, stage, how):
     """SIGKILL of the whole job, as a crash; or SIGTERM to rank 1 alone, through `gpt-novel launch`: every rank
@@ -85,9 +67,9 @@ def test_interrupted_run_resumes_exactly(data, reference, tmp_path, stage, how):
     run_dir = tmp_path / "run"
     cmd = train_command(data, run_dir, stage, 2, *(["--deterministic", "true"] if stage == 1 else []))
     log = tmp_path / "first.log"
-    proc = _start(cmd if how == signal.SIGKILL else LAUNCH + cmd, log)
+    proc = start_run(cmd if how == signal.SIGKILL else LAUNCH + cmd, log)
     kill_at = random.Random(stage).randint(8, 16)  # after the step-6 checkpoint
-    _wait_for_step(run_dir, proc, kill_at)
+    wait_for_step(run_dir, kill_at, proc)
     if how == signal.SIGKILL:
         kill_job(str(run_dir))
     else:
