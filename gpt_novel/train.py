@@ -435,7 +435,8 @@ class Trainer:
         shards = self._val if self._val is not None else ShardSet.load(self.dataset, "train")
         prompt = torch.from_numpy(shards.read(0, 0)[:n_prompt].astype(np.int64))[None]
         self.engine.eval()
-        with torch.no_grad():
+        # eager under --compile too: each new length generate() feeds the model would recompile it
+        with torch.no_grad(), torch.compiler.set_stance("force_eager"):
             out = self.engine.module.generate(prompt.to(self.device),
                                               max_new_tokens=min(self.cfg.sample_tokens, room - n_prompt),
                                               do_sample=False, pad_token_id=self.vocab.pad,

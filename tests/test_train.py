@@ -115,7 +115,8 @@ def test_non_finite_updates_are_skipped_then_training_stops(data, tmp_path):
 
 def test_compiled_model_trains_like_the_eager_one_and_consolidates(data, tmp_path):
     """--compile true (torch.compile through DeepSpeed; inductor builds C++ on a CPU): the first loss is the eager
-    run's to bf16 precision, training goes on, and the checkpoint holds the plain model's weights."""
+    run's to bf16 precision, training goes on, and the checkpoint holds the plain model's weights. The model is
+    compiled again for evaluation (no grad) alone: sampling runs eagerly, where each new length would recompile."""
     from transformers import AutoModelForCausalLM
 
     from gpt_novel import consolidate
@@ -128,9 +129,10 @@ def test_compiled_model_trains_like_the_eager_one_and_consolidates(data, tmp_pat
         cmd = [sys.executable, "-m", "gpt_novel.train", *COMMON, "--data", str(data), "--run-dir", str(run_dir),
                *short, "--compile", compiled]
         inductor = tmp_path / f"inductor-{compiled}"
-        result = subprocess.run(cmd, cwd=ROOT, env=dict(train_env(), TORCHINDUCTOR_CACHE_DIR=str(inductor)),
-                                capture_output=True, text=True, timeout=300)
+        env = dict(train_env(), TORCHINDUCTOR_CACHE_DIR=str(inductor), TORCH_LOGS="recompiles")
+        result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert result.stderr.count("Recompiling function") == (compiled == "true")  # for evaluation only
         assert result.stdout.count("--compile: inductor builds kernels") == (compiled == "true")  # said once
         losses[compiled] = [loss for _, loss, *_ in train_lines(run_dir) if loss is not None]
         kernels = [f for f in inductor.rglob("*") if f.is_file()] if inductor.exists() else []
