@@ -105,6 +105,23 @@ def deepspeed_start(is_main: bool):
         sys.stdout.flush()
 
 
+@contextlib.contextmanager
+def no_compile_at_import():
+    """DeepSpeed's ZeRO optimizer check imports its Muon optimizer, whose module calls torch.compile at import: a
+    second of every rank's start-up (measured: 8.2 s → 7.2 s for a 2-rank tiny run) spent setting up inductor for an
+    optimizer never used. torch.compile reads TORCHDYNAMO_DISABLE when called and then returns the function as it
+    is; `--compile` compiles the model after this."""
+    before = os.environ.get("TORCHDYNAMO_DISABLE")
+    os.environ["TORCHDYNAMO_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TORCHDYNAMO_DISABLE"]
+        else:
+            os.environ["TORCHDYNAMO_DISABLE"] = before
+
+
 def init_process_group() -> None:
     """The process group, before the trainer's first collective (the checkpoint's digests, split among the ranks);
     accelerate and DeepSpeed then use it. gloo on a host without GPUs (NCCL needs one), each rank on its own GPU."""

@@ -226,7 +226,8 @@ class Trainer:
         optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                       betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=True)
         self.scheduler = schedule.make(optimizer, cfg, plan.schedule)
-        self.engine, _ = self.accelerator.prepare(model, optimizer)
+        with parallel.no_compile_at_import():
+            self.engine, _ = self.accelerator.prepare(model, optimizer)
         if cfg.compile:
             self.engine.compile()
             self._say("--compile: inductor builds kernels during the first steps (tiny: about 30 s on a CPU)")

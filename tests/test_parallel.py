@@ -76,3 +76,19 @@ def test_without_an_installed_ninja_the_path_is_left_alone(tmp_path, monkeypatch
     assert parallel.installed_ninja() is None
     parallel.ninja_of_this_environment()
     assert os.environ["PATH"] == f"{tmp_path / 'bin'}:/bin"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile's first imports
+@pytest.mark.parametrize("before", [None, "0"])
+def test_nothing_compiles_while_deepspeed_imports_and_compiling_works_after(monkeypatch, before):
+    def step(x):
+        return x + 1
+
+    if before is None:
+        monkeypatch.delenv("TORCHDYNAMO_DISABLE", raising=False)
+    else:
+        monkeypatch.setenv("TORCHDYNAMO_DISABLE", before)
+    with parallel.no_compile_at_import():
+        assert torch.compile(step) is step  # a module-level torch.compile, as DeepSpeed's Muon has, does nothing
+    assert os.environ.get("TORCHDYNAMO_DISABLE") == before
+    assert torch.compile(step) is not step  # --compile, which comes after, compiles
