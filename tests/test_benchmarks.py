@@ -117,12 +117,12 @@ def test_the_gpu_check_runs_on_the_cpu_without_thulac(tmp_path):
     for run in (report["trainer"], report["bare"]):
         assert run["tokens_per_s"] > 0 and 0 <= run["data_wait_fraction"] < 1
     assert any("scaled_dot_product" in op for op in report["sdpa_kernels"])
-    assert any("scaled_dot_product" in op for op in report["compiled"]["sdpa_kernels"])
     # a CPU is deterministic, --deterministic or not: the default resume is bitwise
     assert report["resume"]["default"] == {"bitwise_equal": True, "max_loss_difference": 0.0}
     assert report["sample"]["batch_1"]["sample_py_tokens_per_s"] > 0
-    assert report["compiled"]["trainer"] == report["resume"]["deterministic"] == report["sample"]["batch_8"] \
-        == "left out by --smoke"
+    left_out = (report["compiled"]["trainer"], report["compiled"]["sdpa_kernels"], report["resume"]["deterministic"],
+                report["sample"]["batch_8"])
+    assert set(left_out) == {"left out by --smoke"}
 
 
 @pytest.mark.slow
