@@ -18,13 +18,10 @@ from conftest import (
     ROOT,
     SAMPLE_DIR,
     assert_folder_logits_equal_the_engines,
-    assert_no_leftovers,
-    kill_job,
+    interrupted,
     run_command,
     run_prepare,
-    start_run,
     train_lines,
-    wait_for_step,
 )
 
 from gpt_novel.cli import main
@@ -248,14 +245,10 @@ def test_finetuned_folder_has_the_pretrained_tokenizer_and_the_engines_logits(be
 
 @pytest.mark.slow
 def test_init_from_run_resumes_exactly(bert_folder, bert_data, finetuned, tmp_path):
-    run_dir = tmp_path / "run"
-    cmd = _finetune_command(bert_data, bert_folder, run_dir, 2)
-    proc = start_run(cmd, tmp_path / "first.log")
-    wait_for_step(run_dir, 8, proc)
-    kill_job(str(run_dir))
-    proc.wait(timeout=120)
-    assert_no_leftovers(str(run_dir), timeout=10)
-    result = run_command(cmd)
+    """A fine-tuning run resumes from its checkpoint, not from --init-from's folder (a kill and its leftovers:
+    test_train.py)."""
+    run_dir = interrupted(finetuned[2], tmp_path / "run", cut=6)
+    result = run_command(_finetune_command(bert_data, bert_folder, run_dir, 2))
     assert result.returncode == 0 and "resumed from" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
     assert train_lines(run_dir) == train_lines(finetuned[2])
 

@@ -23,6 +23,7 @@ from conftest import (
     STEPS,
     assert_no_leftovers,
     final_weights,
+    interrupted,
     kill_job,
     rank_pid,
     run_command,
@@ -59,28 +60,32 @@ def test_zero_stage_trains_and_the_loss_goes_down(reference, stage):
     assert kept == [f"step-{s:08d}" for s in (12, 18, 24)]  # keep_last 3
 
 
-@pytest.mark.parametrize(("stage", "how"), [(1, signal.SIGKILL), (3, signal.SIGKILL), (2, signal.SIGTERM)])
+@pytest.mark.parametrize(("stage", "how"), [(1, None), (3, signal.SIGKILL), (2, signal.SIGTERM)])
 def test_interrupted_run_resumes_exactly(data, reference, tmp_path, stage, how):
     """SIGKILL of the whole job, as a crash; or SIGTERM to rank 1 alone, through `gpt-novel launch`: every rank
-    saves and stops, the caller gets 75 (the other graceful stops: test_faults.py). The ZeRO-1 run sets
-    --deterministic true: a CPU is deterministic already, so it still repeats the reference run bit for bit."""
+    saves and stops, the caller gets 75 (the other graceful stops: test_faults.py). The ZeRO-1 run resumes a copy
+    of the reference as it was at its step-12 checkpoint, with --deterministic true: a CPU is deterministic
+    already, so it still repeats the reference run bit for bit."""
     run_dir = tmp_path / "run"
     cmd = train_command(data, run_dir, stage, 2, *(["--deterministic", "true"] if stage == 1 else []))
-    log = tmp_path / "first.log"
-    proc = start_run(cmd if how == signal.SIGKILL else LAUNCH + cmd, log)
-    kill_at = random.Random(stage).randint(8, 16)  # after the step-6 checkpoint
-    wait_for_step(run_dir, kill_at, proc)
-    if how == signal.SIGKILL:
-        kill_job(str(run_dir))
+    if how is None:
+        interrupted(reference[stage], run_dir)
     else:
-        os.kill(rank_pid(str(run_dir), 1), how)
-    code = proc.wait(timeout=120)
-    assert_no_leftovers(str(run_dir), timeout=10)
-    out = log.read_text()
-    if how == signal.SIGTERM:
-        assert code == 75 and "stop requested" in out, out[-3000:]
-        saved = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
-        assert (saved / "COMPLETE.json").exists() and int(saved.name[5:]) >= kill_at
+        log = tmp_path / "first.log"
+        proc = start_run(cmd if how == signal.SIGKILL else LAUNCH + cmd, log)
+        kill_at = random.Random(stage).randint(8, 16)  # after the step-6 checkpoint
+        wait_for_step(run_dir, kill_at, proc)
+        if how == signal.SIGKILL:
+            kill_job(str(run_dir))
+        else:
+            os.kill(rank_pid(str(run_dir), 1), how)
+        code = proc.wait(timeout=120)
+        assert_no_leftovers(str(run_dir), timeout=10)
+        out = log.read_text()
+        if how == signal.SIGTERM:
+            assert code == 75 and "stop requested" in out, out[-3000:]
+            saved = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
+            assert (saved / "COMPLETE.json").exists() and int(saved.name[5:]) >= kill_at
     result = run_command(cmd)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "resumed from" in result.stdout + result.stderr
