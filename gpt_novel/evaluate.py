@@ -101,10 +101,9 @@ def continuation_quality(model, vocab: Vocab, chapters: list[str], k: int, promp
     if len(usable) < k:
         print(f"gpt-novel eval: warning: {shortfall(len(chapters), len(long_enough), k, prompt_chars + gen_chars)}",
               file=sys.stderr)
-    max_new = min(gen_chars, model.config.n_positions // 2)
     hyps, refs = [], []
-    for n, chapter in enumerate(usable):
-        options = SamplingOptions(max_new_tokens=max_new, seed=seed + n, new_chapter=True)
+    for n, chapter in enumerate(usable):  # a token is at least one character: gen_chars tokens are enough
+        options = SamplingOptions(max_new_tokens=gen_chars, seed=seed + n, new_chapter=True)
         hyps.append(continue_text((model, vocab), chapter[:prompt_chars], options)[0][:gen_chars])
         refs.append(chapter[prompt_chars : prompt_chars + gen_chars])
     return {

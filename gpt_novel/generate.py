@@ -6,12 +6,14 @@
 The prompt goes through the same normalization and thulac segmentation as the training text (`Vocab.encode`);
 `--new-chapter` (or an empty prompt) starts it with [MASK] as chapters start. Generation uses the model's KV cache,
 never produces [UNK]/[PAD]/[MASK], and stops at [CLS], the end of a chapter. [SEP] becomes a newline and words are
-joined without spaces. A prompt longer than the context keeps its tail.
+joined without spaces. A prompt longer than the context keeps its tail, and a continuation of any length slides
+the context over it (`continue_ids`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 import threading
@@ -106,8 +108,8 @@ def load(model_dir: str | Path, device: str | None = None, dtype: str | None = N
 
 
 def prompt_ids(vocab: Vocab, prompt: str, options: SamplingOptions, n_positions: int) -> list[int]:
-    """The prompt as training saw it, cut to the tail that leaves room for the new tokens."""
-    return fit_prompt(encode_prompt(vocab, prompt, options), options.max_new_tokens, n_positions)
+    """The prompt as training saw it, cut to the tail the model reads when it outgrows the context."""
+    return fit_prompt(encode_prompt(vocab, prompt, options), n_positions)
 
 
 def encode_prompt(vocab: Vocab, prompt: str, options: SamplingOptions) -> list[int]:
@@ -115,13 +117,18 @@ def encode_prompt(vocab: Vocab, prompt: str, options: SamplingOptions) -> list[i
     return vocab.encode(prompt, new_chapter=options.new_chapter or not prompt.strip())
 
 
-def fit_prompt(ids: list[int], max_new_tokens: int, n_positions: int) -> list[int]:
-    """The tail of the prompt's ids that leaves room for `max_new_tokens` in the model's positions."""
-    room = n_positions - max_new_tokens
-    if room < 1:
-        raise UserError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's "
-                        f"{n_positions} positions")
-    return ids[-room:]
+def slide_keep(n_positions: int) -> int:
+    """How many of the last tokens stay as context when prompt and continuation outgrow the model's positions: 3/4
+    of them, so that generation slides by a quarter of the context. GPT2-Chinese slides by one token and reads the
+    whole context again for each; a quarter keeps every token's context at least 3/4 as long, at the cost of one
+    prefill per n_positions/4 new tokens (the prefill reads its tokens at once, so it costs a few decode steps)."""
+    return max(1, n_positions - n_positions // 4)
+
+
+def fit_prompt(ids: list[int], n_positions: int) -> list[int]:
+    """The prompt's ids, or, when the prompt itself leaves no room for a token, the tail that generation would
+    keep after a slide (`slide_keep`)."""
+    return ids if len(ids) < n_positions else ids[-slide_keep(n_positions):]
 
 
 def continue_text(model_or_dir, prompt: str, options: SamplingOptions | None = None, *, device: str | None = None,
@@ -135,17 +142,29 @@ def continue_text(model_or_dir, prompt: str, options: SamplingOptions | None = N
 
 def continue_ids(model_and_vocab, ids: list[int], options: SamplingOptions, *, streamer=None,
                  stop: threading.Event | None = None) -> list[str]:
-    """Continuations of a prompt already encoded and fitted; `stop`, once set, ends generation after the token
-    being made."""
+    """Continuations of a prompt already encoded and fitted, of any length: when they reach the model's positions,
+    generation goes on from the last `slide_keep` tokens (one `generate` call per slide; the RNG and the streamer
+    carry over, so a seed gives the same text and a stream has no seam). `stop`, once set, ends generation after
+    the token being made."""
     model, vocab = model_and_vocab
     if options.seed is not None:
         torch.manual_seed(options.seed)
-    batch = torch.tensor([ids] * options.num_samples, device=model.device)
+    n_positions = model.config.n_positions
+    rows = torch.tensor([ids] * options.num_samples, device=model.device)
+    made = 0
     with torch.no_grad():
-        out = model.generate(batch, attention_mask=torch.ones_like(batch), use_cache=True, streamer=streamer,
-                             stopping_criteria=[_Stopped(stop)] if stop else None,
-                             **generation_kwargs(vocab, options))
-    return [decode_until_end(vocab, row[len(ids):].tolist()) for row in out]
+        while made < options.max_new_tokens:
+            context = rows[:, -slide_keep(n_positions):] if made else rows
+            chunk = min(options.max_new_tokens - made, n_positions - context.size(1))
+            kwargs = generation_kwargs(vocab, dataclasses.replace(options, max_new_tokens=chunk))
+            out = model.generate(context, attention_mask=torch.ones_like(context), use_cache=True, streamer=streamer,
+                                 stopping_criteria=[_Stopped(stop)] if stop else None, **kwargs)
+            rows = torch.cat([rows, out[:, context.size(1):]], dim=1)
+            made = rows.size(1) - len(ids)
+            ended = (rows[:, len(ids):] == vocab.cls).any(dim=1).all()
+            if ended or out.size(1) - context.size(1) < chunk or (stop is not None and stop.is_set()):
+                break
+    return [decode_until_end(vocab, row[len(ids):].tolist()) for row in rows]
 
 
 def decode_until_end(vocab: Vocab, ids: list[int]) -> str:
@@ -199,29 +218,39 @@ class DraftStreamer:
         return text
 
     def end(self) -> None:
-        pass
+        self.prompt_seen = False  # a slide (`continue_ids`) calls generate again, which puts its context first
 
 
 def print_stream(deltas: list[str]) -> None:
     print(deltas[0], end="", flush=True)
 
 
+class _WithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default in its help, where it has one (no "default: None" for a flag or an unset seed)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default in (None, False, "") else super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None, prog: str = "sample") -> int:
     """`gpt-novel sample` and tools/sample.py."""
-    parser = argparse.ArgumentParser(prog=prog, description="Continue a novel from a prompt.")
-    parser.add_argument("model_dir", metavar="HF_DIR")
+    parser = argparse.ArgumentParser(prog=prog, description="Continue a novel from a prompt.",
+                                     formatter_class=_WithDefaults)
+    parser.add_argument("model_dir", metavar="HF_DIR", help="a folder written by tools/consolidate.py")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--prompt", default="", help="the text to continue (empty: start a new chapter)")
     source.add_argument("--prompt-file", type=Path, help="read the prompt from a file in any encoding prepare "
                         "reads (UTF-8/16, GBK, GB18030, Big5 …)")
     parser.add_argument("--new-chapter", action="store_true", help="start the prompt as a new chapter ([MASK])")
     defaults = SamplingOptions()
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                        help="tokens to add; past the model's context, generation slides over it")
     parser.add_argument("--temperature", type=float, default=defaults.temperature, help="0: greedy")
-    parser.add_argument("--top-k", type=int, default=defaults.top_k)
-    parser.add_argument("--top-p", type=float, default=defaults.top_p)
-    parser.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
-    parser.add_argument("--num-samples", type=int, default=1)
+    parser.add_argument("--top-k", type=int, default=defaults.top_k, help="sample from the k likeliest tokens")
+    parser.add_argument("--top-p", type=float, default=defaults.top_p, help="… and from the smallest set this likely")
+    parser.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty,
+                        help="1: none; above 1 discourages repeating the context")
+    parser.add_argument("--num-samples", type=int, default=1, help="continuations, each different")
     parser.add_argument("--seed", type=int, help="the same seed gives the same text")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")

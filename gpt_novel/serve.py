@@ -148,7 +148,7 @@ class Generator:
     def _generate(self, job: Job) -> None:
         options, vocab, n_positions = job.options, self.vocab, self.model.config.n_positions
         whole = encode_prompt(vocab, job.prompt, options)
-        ids = fit_prompt(whole, options.max_new_tokens, n_positions)
+        ids = fit_prompt(whole, n_positions)
         notes = job.notes + ([_cut_note(vocab, whole, ids)] if len(ids) < len(whole) else [])
         job.send({"type": "start", "drafts": options.num_samples, "seed": options.seed, "notes": notes,
                   "prompt_tokens": len(ids)})
@@ -180,9 +180,6 @@ def check_request(req, vocab: Vocab, n_positions: int) -> list[str]:
                         f"(the model's context is {n_positions} tokens: paste the end of the text)")
     if not req.prompt.strip() and not req.new_chapter:
         raise UserError("the prompt is empty: paste the opening to continue, or tick “new chapter” to start one")
-    if req.max_new_tokens >= n_positions:
-        raise UserError(f"max_new_tokens must be below the model's {n_positions} positions (got "
-                        f"{req.max_new_tokens}), so that some of the prompt fits")
     unknown = vocab.unknown_chars(req.prompt)
     if unknown and len(unknown) == len({ch for ch in vocab.prepare_text(req.prompt) if not ch.isspace()}):
         raise UserError(f"none of the prompt's characters are in the model's vocabulary ("
@@ -211,7 +208,7 @@ def model_info(model_dir: Path, model, vocab: Vocab, waiting: int) -> dict:
         "eval": {k: scores[k] for k in ("val_loss", "val_ppl", "val_bpc") if k in scores} if scores else None,
         "defaults": GenerateRequest().model_dump(),
         "limits": {"max_prompt_chars": MAX_PROMPT_CHARS, "max_drafts": MAX_DRAFTS, "queue": waiting,
-                   "max_new_tokens": min(MAX_NEW_TOKENS, model.config.n_positions - 1)},
+                   "max_new_tokens": MAX_NEW_TOKENS},
     }
 
 

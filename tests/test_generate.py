@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -202,7 +204,8 @@ def test_long_prompt_keeps_its_tail(random_model, sample_text):
     options = generate.SamplingOptions(max_new_tokens=16, temperature=0)
     ids = generate.prompt_ids(vocab, sample_text, options, model.config.n_positions)
     full = vocab.encode(sample_text)
-    assert len(ids) == 64 - 16 and ids == full[-48:]
+    assert len(ids) == generate.slide_keep(64) == 48 and ids == full[-48:]  # what a slide keeps
+    assert generate.fit_prompt(full[:63], 64) == full[:63]  # room for one token: kept whole
     assert len(generate.continue_text((model, vocab), sample_text, options)) == 1
     assert generate.prompt_ids(vocab, "", options, 64) == [vocab.mask]  # an empty prompt starts a chapter
 
@@ -218,8 +221,29 @@ def test_sample_cli(random_model, tmp_path, capsys):
     assert generate.main([*args, "--stream"]) == 0 and capsys.readouterr().out.startswith("青石镇的雨")
     assert generate.main([str(tmp_path), "--prompt", "x"]) == 2
     assert "not a model folder" in capsys.readouterr().err
-    assert generate.main([*args, "--max-new-tokens", "64"]) == 2
-    assert "leaves no room" in capsys.readouterr().err
+    assert generate.main([*args, "--max-new-tokens", "0"]) == 2
+    assert "--max-new-tokens and --num-samples must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        generate.main(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    defaults = generate.SamplingOptions()
+    for flag, value in (("max-new-tokens", defaults.max_new_tokens), ("temperature", defaults.temperature),
+                        ("top-k", defaults.top_k), ("repetition-penalty", defaults.repetition_penalty)):
+        assert re.search(rf"--{flag} [A-Z_]+ [^-]*\(default: {value}\)", shown), (flag, shown)
+    assert "default: None" not in shown
+
+
+def test_a_continuation_longer_than_the_context_slides_it_without_a_seam(random_model):
+    """150 new tokens from a 64-position model: generation slides the context (a model shown more positions than
+    it has fails), a seed gives the same text, and the stream is the text, one piece per token."""
+    model, vocab = generate.load(random_model, "cpu")
+    options = generate.SamplingOptions(max_new_tokens=150, seed=5, temperature=1.0)
+    pieces: list[str] = []
+    streamer = generate.DraftStreamer(vocab, 1, lambda deltas: pieces.append(deltas[0]))
+    text = generate.continue_text((model, vocab), "沈砚推开门", options, streamer=streamer)[0]
+    assert len(pieces) == 150 and "".join(pieces) == text
+    assert generate.continue_text((model, vocab), "沈砚推开门", options) == [text]
+    assert generate.continue_text((model, vocab), "沈砚推开门", dataclasses.replace(options, seed=6)) != [text]
 
 
 @pytest.mark.parametrize("encoding", ["gbk", "big5", "utf-16", "utf-8-sig"])

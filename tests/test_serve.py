@@ -88,7 +88,7 @@ def trained_folder(zero_runs, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def slow_folder(sample_data, tmp_path_factory) -> Path:
-    """An untrained 4-layer, 384-dim GPT-2 (512 positions) on the sample's tokenizer: on a CPU its drafts take
+    """An untrained 4-layer, 384-dim GPT-2 (256 positions) on the sample's tokenizer: on a CPU its drafts take
     seconds, long enough to watch them grow and to stop one midway."""
     from gpt_novel.config import TrainConfig
     from gpt_novel.consolidate import generation_config
@@ -96,8 +96,8 @@ def slow_folder(sample_data, tmp_path_factory) -> Path:
 
     vocab = Vocab.load(sample_data / "tokenizer")
     torch.manual_seed(0)
-    model = build_model(TrainConfig(n_layer=4, n_head=4, n_embd=384, n_positions=512, dropout=0.0), vocab)
-    model.generation_config = generation_config(vocab, 512)
+    model = build_model(TrainConfig(n_layer=4, n_head=4, n_embd=384, n_positions=256, dropout=0.0), vocab)
+    model.generation_config = generation_config(vocab, 256)
     out = tmp_path_factory.mktemp("slow") / "hf"
     model.save_pretrained(out)
     for f in (sample_data / "tokenizer").iterdir():
@@ -230,7 +230,7 @@ def test_a_body_within_the_limits_goes_through(tiny_app):
     body = json.dumps(fields, indent=1).encode()
     status, answer, _ = asgi_post(tiny_app, "/api/generate", [body], len(body))
     assert len(body) > 240_000 and status == 422, answer  # parsed whole: the model's own checks answer
-    assert answer["error"].startswith("max_new_tokens must be below the model's 64 positions"), answer
+    assert answer["error"].startswith("none of the prompt's characters are in the model's vocabulary"), answer
     text = ("第一章 青石如故\n" + PROMPT * 100).encode()
     status, answer, pulled = asgi_post(tiny_app, "/api/decode?name=a.txt", [text[:1000], text[1000:]])
     assert (status, answer["text"], pulled) == (200, text.decode(), 2)
@@ -284,7 +284,7 @@ def test_generate_streams_drafts_that_add_up_to_the_final_text(api):
     ({"top_p": 0}, "top_p"),
     ({"drafts": 99}, "drafts"),
     ({"max_new_tokens": 0}, "max_new_tokens"),
-    ({"max_new_tokens": 1000}, "below the model's 512 positions"),
+    ({"max_new_tokens": 4096}, "max_new_tokens: Input should be less than or equal to 2048"),
     ({"seed": -1}, "seed"),
     ({"temperature": "hot"}, "temperature"),
     ({"colour": "red"}, "colour: Extra inputs are not permitted"),
@@ -303,14 +303,17 @@ def test_an_empty_prompt_starts_a_new_chapter_when_asked(trained_api):
 
 
 @pytest.mark.slow
-def test_unknown_characters_and_a_cut_prompt_are_told(api):
+def test_unknown_characters_and_a_cut_prompt_are_told(api, slow_folder):
     status, got = generate(api, prompt="Hello 😀 " + PROMPT)
     assert status == 200
     notes = got[0]["notes"]
     assert any("not in the model's vocabulary and become [UNK]" in n and "😀" in n for n in notes), notes
-    status, got = generate(api, prompt=PROMPT * 60, max_new_tokens=200)  # 960 characters, 512 positions
+    status, got = generate(api, prompt=PROMPT * 60, max_new_tokens=8)  # 960 characters, 256 positions
     assert status == 200
-    assert any("continues from the last 312 of its" in n for n in got[0]["notes"]), got[0]
+    assert any("continues from the last 192 of its" in n for n in got[0]["notes"]), got[0]  # what a slide keeps
+    status, got = generate(api, prompt=PROMPT, max_new_tokens=250)  # prompt and length outgrow the context
+    assert status == 200 and got[0]["notes"] == [], got[0]  # the prompt is whole: generation slides instead
+    assert got[0]["prompt_tokens"] == len(Vocab.load(slow_folder).encode(PROMPT)) > 6
 
 
 @pytest.mark.slow
@@ -461,6 +464,19 @@ def test_the_page_in_chromium(browser, trained_api, api, tmp_path):
     page.locator(".draft[data-index='1'] .copy").click()
     page.wait_for_function("document.querySelector(\".draft[data-index='1'] .copy\").textContent === 'copied'")
     assert page.evaluate("navigator.clipboard.readText()") == whole
+
+    texts = []  # 600 tokens from a 256-position model: streamed, no note, the same text twice for a seed
+    for _ in range(2):
+        page.fill("#prompt", PROMPT)
+        page.fill("#max_new_tokens", "600")
+        page.fill("#drafts", "1")
+        page.fill("#seed", "11")
+        page.click("#start")
+        growing = [n for n in _draft_lengths_until_done(page, 0, timeout=120) if n > 0]
+        assert len(growing) >= 3 and growing == sorted(growing)
+        assert page.text_content("#notes") == ""
+        texts.append(page.locator(".draft[data-index='0'] .text").inner_text())
+    assert texts[0] == texts[1] and len(texts[0]) > 256
 
     page.fill("#max_new_tokens", "480")  # a second one, stopped midway
     page.fill("#drafts", "3")
