@@ -109,6 +109,9 @@ def consolidate(src: str | Path, out: str | Path, step: int | None = None, dtype
     tmp = out.parent / f".{out.name}.partial-{owner_tag()}"
     try:
         tmp.mkdir(parents=True)
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()  # "Writing model shards" after our own "consolidate" bar says nothing more
         model.save_pretrained(tmp, safe_serialization=True, max_shard_size="2GB")
         _copy_tokenizer(ckpt / "tokenizer", tmp)
         facts = training_facts(ckpt, cfg, state)

@@ -51,6 +51,16 @@ def test_consolidated_weights_are_the_engines_own(zero_runs, hf_dirs, stage):
 
 
 @pytest.mark.slow
+def test_consolidate_draws_no_bar_of_transformers(zero_runs, tmp_path, capsys):
+    from transformers.utils import logging
+
+    logging.enable_progress_bar()  # as in a fresh process (another test may have turned it off)
+    assert consolidate.main([str(zero_runs[2]), str(tmp_path / "hf")]) == 0
+    err = capsys.readouterr().err
+    assert "Writing model shards" not in err and "Loading weights" not in err, err
+
+
+@pytest.mark.slow
 def test_hf_folder_loads_with_auto_classes_and_pipeline(hf_dirs, recwarn):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, pipeline
 
