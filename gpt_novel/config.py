@@ -478,6 +478,12 @@ def presets() -> dict[str, str]:
             for p in sorted(PRESETS.glob("*.yaml"))}
 
 
+def preset_values(name: str) -> dict:
+    """The fields a shipped preset sets ({} for another name: a config file of the user's own, or none)."""
+    path = PRESETS / f"{name}.yaml"
+    return yaml.safe_load(path.read_text(encoding="utf-8")) if name in presets() else {}
+
+
 def _presets_help() -> str:
     accelerate = ", ".join(p.name for p in sorted(ACCELERATE_CONFIGS.glob("*.yaml")))
     return ("presets (--config NAME):\n" + "\n".join(f"  {line}" for line in presets().values()) +

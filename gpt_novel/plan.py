@@ -100,7 +100,7 @@ def build(cfg: TrainConfig, inputs: Inputs, world_size: int, point: ResumePoint 
     """Every derived value, every check, for this checkpoint (None: a fresh start)."""
     global_batch = resume.kept_global_batch(point, cfg, world_size) if point is not None else cfg.global_batch_size
     config = dataclasses.replace(cfg, **_shape(cfg, inputs), **_batch(cfg, global_batch, world_size),
-                                 deepspeed=inputs.deepspeed)
+                                 deepspeed=inputs.deepspeed, init_from=str(inputs.init.path) if inputs.init else "")
     config.check(inputs.dataset)
     if point is not None:
         resume.check_compatible(point, config, inputs.dataset)

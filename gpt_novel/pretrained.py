@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpt_novel.config import preset_values
 from gpt_novel.data.dataset import Dataset
 from gpt_novel.data.vocab import Vocab, read_tokenizer
 from gpt_novel.errors import UserError
@@ -26,7 +27,7 @@ class InitFolder:
     def load(cls, path: str | Path) -> InitFolder:
         """The folder's config, every file of it checked (`model_folder`) before anything loads it; one line
         otherwise."""
-        path = Path(path)
+        path = Path(path).absolute()  # recorded with the run: where it started from, from any directory
         if not (path / "config.json").is_file():
             raise UserError(f"--init-from {path} is not a Hugging Face model folder (no config.json)")
         return cls(path, check_model_folder(path, f"--init-from {path}"))
@@ -41,12 +42,16 @@ class InitFolder:
         return None
 
     def shape(self, cfg) -> dict[str, int]:
-        """The folder's architecture, which the run takes; a flag of `cfg` that says otherwise is refused."""
+        """The folder's architecture, which the run takes; a flag of `cfg` that says otherwise is refused, and
+        named as the preset's when the preset set that value (the user may never have typed it)."""
+        preset = preset_values(cfg.preset)
         for name in SHAPE:
-            given, theirs = getattr(cfg, name), self.config.get(name)
+            given, theirs, flag = getattr(cfg, name), self.config.get(name), f"--{name.replace('_', '-')}"
             if given not in (None, 0) and given != theirs:
-                raise UserError(f"--{name.replace('_', '-')} {given} contradicts --init-from {self.path}, whose "
-                                f"{name} is {theirs}: leave --{name.replace('_', '-')} out")
+                said, fix = ((f"the {cfg.preset} preset's {name} {given}", f"use --config finetune, which takes the "
+                              f"folder's shape, or pass {flag} {theirs}") if preset.get(name) == given
+                             else (f"{flag} {given}", f"leave {flag} out"))
+                raise UserError(f"{said} contradicts --init-from {self.path}, whose {name} is {theirs}: {fix}")
         return {name: self.config.get(name) for name in SHAPE}
 
     def check_data(self, dataset: Dataset) -> None:

@@ -305,6 +305,9 @@ class Trainer:
         stream = TrainStream(train, spec, start=state.step * cfg.grad_accum)
         batches = iter(make_loader(stream, cfg.num_workers, pin_memory=self.device.type == "cuda"))
         self._restore_rng(state.step)  # after the DataLoader iterator exists: creating it must not shift the RNG
+        if self.is_main and state.step == 0 and cfg.init_from:
+            self._say(f"starting from --init-from {cfg.init_from}: GPT-2, {cfg.n_layer} layers, {cfg.n_head} heads, "
+                      f"{cfg.n_embd} dims, {cfg.n_positions} positions")
         if self.is_main and state.step == 0:
             self._say(f"{self.n_params / 1e6:.1f}M parameters on {self.device.type}, ZeRO-{self.zero_stage}, world "
                       f"size {self.world}, global batch {cfg.global_batch_size} × {self.seq_len} tokens, "

@@ -145,6 +145,10 @@ def test_init_from_refusals(bert_folder, bert_data, sample_data, tmp_path, capsy
                                                               "--init-from", str(bert_folder))
     assert "--n-layer 3 contradicts --init-from" in _refused(capsys, *common, "--data", str(bert_data),
                                                               "--init-from", str(bert_folder), "--n-layer", "3")
+    said = _refused(capsys, "--config", "tiny", "--run-dir", str(tmp_path / "run"), "--data", str(bert_data),
+                    "--init-from", str(bert_folder))  # tiny's 128 dims, never typed: the preset is named
+    assert f"the tiny preset's n_embd 128 contradicts --init-from {bert_folder}, whose n_embd is 64: use --config " \
+           "finetune, which takes the folder's shape, or pass --n-embd 64" in said, said
     short = make_pretrained(tmp_path / "short", sample_text, n_positions=16)
     capsys.readouterr()  # transformers' "Writing model shards" bar
     assert f"has 16 positions, fewer than the data's seq len {SEQ}" in _refused(
@@ -201,6 +205,7 @@ def finetuned(bert_folder, bert_data, tmp_path_factory) -> dict[int, Path]:
         run_dir = tmp_path_factory.mktemp(f"finetune{stage}") / "run"
         result = run_command(_finetune_command(bert_data, bert_folder, run_dir, stage))
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        (run_dir.parent / "stdout.log").write_text(result.stdout, encoding="utf-8")
         runs[stage] = run_dir
     return runs
 
@@ -215,6 +220,12 @@ def test_init_from_starts_from_the_folders_weights_and_trains(bert_folder, bert_
     assert np.mean(losses[-3:]) < losses[0] - 1.0
     saved = json.loads((finetuned[stage] / "checkpoints" / "step-00000012" / "model_config.json").read_text())
     assert (saved["n_layer"], saved["n_embd"], saved["n_positions"]) == (2, 64, 64)
+    heads = json.loads((bert_folder / "config.json").read_text())["n_head"]
+    said = (finetuned[stage].parent / "stdout.log").read_text(encoding="utf-8")
+    assert said.count(f"starting from --init-from {bert_folder}: GPT-2, 2 layers, {heads} heads, 64 dims, 64 "
+                      "positions") == 1, said  # once, from rank 0
+    recorded = (finetuned[stage] / "checkpoints" / "step-00000012" / "config.yaml").read_text(encoding="utf-8")
+    assert f"init_from: {bert_folder}\n" in recorded and bert_folder.is_absolute()
 
 
 @pytest.mark.slow
