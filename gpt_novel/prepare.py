@@ -176,7 +176,7 @@ def print_summary(report: dict, manifest: Manifest, out: Path) -> None:
             continue
         top = sorted(f["chars_removed"].items(), key=lambda kv: -kv[1])[:3]
         rows.append((name, f["encoding"], f["script"], str(f["chapters"]), f"{f['chars_in']:,}", f"{f['chars_kept']:,}",
-                     ", ".join(f"{k} {v:,}" for k, v in top), str(f["unk"])))
+                     ", ".join(f"{k} {v:,}" for k, v in top), f"{f['unk']:,}"))
     widths = [max(_width(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c + " " * (w - _width(c)) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -188,9 +188,25 @@ def print_summary(report: dict, manifest: Manifest, out: Path) -> None:
                        for k, v in manifest.splits.items())
     print(f"\n{t['files_ok']} file(s) used, {t['files_refused'] + t['paths_refused']} refused; "
           f"{t['chapters']} chapters, {t['chars_kept']:,} of {t['chars_in']:,} characters kept; {t['tokens']:,} tokens "
-          f"({t['tokenizer']} vocabulary of {t['vocab_size']:,}, {t['unk']} [UNK]); seq len {manifest.seq_len}")
+          f"({t['tokenizer']} vocabulary of {t['vocab_size']:,}, {t['unk']:,} [UNK]); seq len {manifest.seq_len}")
     took = f" in {t['seconds']} s" if "seconds" in t else ""
     print(f"{splits}\nwrote {out}/ (manifest.json, report.json, tokenizer/, train/, val/){took}")
+    if warning := unk_warning(t):
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+UNK_SHARE = 0.01  # more [UNK] than this, and the tokenizer does not fit the corpus: said after the summary
+
+
+def unk_warning(totals: dict) -> str | None:
+    """A line when more than UNK_SHARE of the tokens are [UNK] (a --tokenizer DIR that lacks the corpus's
+    characters), naming the characters it lacks most."""
+    if not totals["tokens"] or totals["unk"] <= UNK_SHARE * totals["tokens"]:
+        return None
+    top = "、".join(f"{ch} ({n:,})" for ch, n in totals.get("unknown_chars", []))
+    return (f"{totals['unk']:,} of {totals['tokens']:,} tokens ({totals['unk'] / totals['tokens']:.1%}) are [UNK]: the "
+            f"{totals['tokenizer']} tokenizer lacks characters of this corpus, most often {top}. The model can "
+            "neither learn nor write them; the default tokenizer, built from the corpus, has every character")
 
 
 def _width(text: str) -> int:

@@ -98,6 +98,28 @@ def test_prepare_encodes_with_the_pretrained_tokenizer(bert_folder, bert_data, t
     assert next(f for f in files if f["path"].endswith("emoji.txt"))["unk"] == 40  # BERT: one [UNK] a word
 
 
+def test_a_tokenizer_that_lacks_the_corpus_characters_is_warned_about(tmp_path, cache_dir, sample_text, capsys):
+    narrow = make_pretrained(tmp_path / "narrow", sample_text[:300])  # a few hundred of the sample's characters
+    capsys.readouterr()
+    assert run_prepare([SAMPLE_DIR], tmp_path / "data", cache_dir, "--tokenizer", str(narrow), "--seq-len",
+                       "32") == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "are [UNK]" in line]
+    totals = json.loads((tmp_path / "data" / "report.json").read_text(encoding="utf-8"))["totals"]
+    (most, count), *_ = totals["unknown_chars"]
+    assert len(warnings) == 1 and totals["unk"] > 0.01 * totals["tokens"], warnings
+    assert warnings[0].startswith(f"warning: {totals['unk']:,} of {totals['tokens']:,} tokens (")
+    assert f"most often {most} ({count:,})、" in warnings[0] and most not in sample_text[:300]
+
+
+def test_the_unk_warning_starts_past_one_percent():
+    from gpt_novel.prepare import unk_warning
+
+    totals = {"tokens": 10_000, "unk": 100, "tokenizer": "pretrained", "unknown_chars": [["龘", 60], ["靐", 40]]}
+    assert unk_warning(totals) is None
+    assert unk_warning({**totals, "unk": 101}).startswith("101 of 10,000 tokens (1.0%) are [UNK]")
+    assert "most often 龘 (60)、靐 (40)." in unk_warning({**totals, "unk": 101})
+
+
 def test_a_tokenizer_without_bert_specials_needs_special_tokens(tmp_path, cache_dir, sample_text, capsys):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

@@ -573,6 +573,10 @@ def _ids_of(job: tuple[str, str, dict, frozenset, list]) -> tuple[list, float]:
         in_val = (opts["val_ratio"] > 0 and score < threshold) or idx in held
         stats = {"chapters": 1, "kept": sum(map(len, words)), "unk": int(np.count_nonzero(ids == vocab.unk)),
                  "val_chapters": int(in_val)}
+        if stats["unk"]:  # which characters became [UNK], for the warning (`unknown_chars`)
+            text = "".join(words)
+            lacking = set(vocab.unknown_chars(text))
+            stats.update(Counter(UNKNOWN + ch for ch in text if ch in lacking))
         out.append((n, in_val, ids, stats))
     return out, time.process_time() - start
 
@@ -641,6 +645,17 @@ def _pack_all(build: Path, split: str, prefix: str, pieces: list[Path], seq_len:
     return writer.written, len(packer.unused())
 
 
+UNKNOWN = "unknown:"  # a file's stats key prefix: occurrences of a character the vocabulary lacks
+
+
+def unknown_chars(files: list[dict], top: int = 10) -> list[tuple[str, int]]:
+    """The characters that became [UNK] most often in the encoded files' stats, with their counts."""
+    counts: Counter = Counter()
+    for stats in files:
+        counts.update({k[len(UNKNOWN):]: v for k, v in stats.items() if k.startswith(UNKNOWN)})
+    return counts.most_common(top)
+
+
 def report(plan: Plan, work: WorkDir, vocab: Vocab, encoded: list[dict]) -> dict:
     """Per input file, in input order: how it was read, what was removed and why, what it gave; then totals."""
     files, steps = [], Counter()
@@ -658,6 +673,7 @@ def report(plan: Plan, work: WorkDir, vocab: Vocab, encoded: list[dict]) -> dict
               "paths_refused": len(plan.refused), "partitions": len(plan.partitions),
               "chapters": sum(f["chapters"] for f in ok), "chars_in": sum(f["chars_in"] for f in ok),
               "chars_kept": sum(f["chars_kept"] for f in ok), "unk": sum(f["unk"] for f in ok),
+              "unknown_chars": unknown_chars([s for info in encoded for s in info["files"].values()]),
               "vocab_size": len(vocab), "tokenizer": vocab.kind, "segmented_chapters": steps.pop("segmented_chapters"),
               "cpu_seconds": {k: round(v, 2) for k, v in steps.items()}}
     refused = [{"path": path, "reason": reason} for path, reason in plan.refused]
