@@ -116,7 +116,7 @@ def consolidate(src: str | Path, out: str | Path, step: int | None = None, dtype
         _copy_tokenizer(ckpt / "tokenizer", tmp)
         facts = training_facts(ckpt, cfg, state)
         (tmp / FACTS_FILE).write_text(json.dumps(facts, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(model_card(ckpt, facts, dtype, out), encoding="utf-8")
+        (tmp / CARD_FILE).write_text(model_card(ckpt, facts, dtype, out), encoding="utf-8")
         if (ckpt.parent.parent / LOSS_PLOT).is_file():
             shutil.copyfile(ckpt.parent.parent / LOSS_PLOT, tmp / LOSS_PLOT)
         _respect_umask(tmp)
@@ -219,6 +219,19 @@ def training_facts(ckpt: Path, cfg: TrainConfig, state: checkpoint.TrainerState)
         "tokenizer": Vocab.load(ckpt / "tokenizer").kind,
         "validation": {k: last[k] for k in ("step", "val_loss", "val_ppl", "val_bpc")} if last else None,
     }
+
+
+CARD_FILE = "README.md"  # the model card, as the Hugging Face hub names it
+
+
+def card_title(folder: Path) -> str | None:
+    """The model card's first heading (`model_card` writes one; a card from elsewhere may have none), or None."""
+    path = Path(folder) / CARD_FILE
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        head = f.read(64 << 10)  # a heading is near the top; a huge card is not read whole
+    return next((line[2:].strip() for line in head.splitlines() if line.startswith("# ")), None)
 
 
 def model_card(ckpt: Path, facts: dict, dtype: str, out: Path) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpt_novel.consolidate import CARD_FILE
 from gpt_novel.data.dataset import Dataset
 from gpt_novel.data.stream import ShardSet, val_batches
 from gpt_novel.data.vocab import Vocab
@@ -153,7 +154,7 @@ def run_cli(args: argparse.Namespace) -> int:
     print(table(result))
     print(f"wrote {out}", file=sys.stderr)
     if args.model_card:
-        card = Path(args.model_dir) / "README.md"
+        card = Path(args.model_dir) / CARD_FILE
         with open(card, "a", encoding="utf-8") as f:
             f.write(f"\n## Evaluation (`gpt-novel eval`, data {args.data})\n\n```\n{table(result)}\n```\n")
         print(f"updated {card} (evaluation appended)", file=sys.stderr)

@@ -41,7 +41,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gpt_novel.consolidate import FACTS_FILE
+from gpt_novel.consolidate import FACTS_FILE, card_title
 from gpt_novel.data import ingest
 from gpt_novel.data.vocab import Vocab
 from gpt_novel.errors import UserError
@@ -203,7 +203,8 @@ def model_info(model_dir: Path, model, vocab: Vocab, waiting: int) -> dict:
 
     scores = read(EVAL_FILE)
     return {
-        "name": model_dir.name, "facts": read(FACTS_FILE), "n_positions": model.config.n_positions,
+        "name": card_title(model_dir) or model_dir.resolve().name, "folder": str(model_dir.resolve()),
+        "facts": read(FACTS_FILE), "n_positions": model.config.n_positions,
         "vocab_size": len(vocab), "tokenizer": vocab.kind, "loss_plot": (model_dir / LOSS_PLOT).is_file(),
         "eval": {k: scores[k] for k in ("val_loss", "val_ppl", "val_bpc") if k in scores} if scores else None,
         "defaults": GenerateRequest().model_dump(),

@@ -436,14 +436,34 @@ def _draft_lengths_until_done(page, index: int, timeout: float = 60) -> list[int
     raise AssertionError(f"draft {index} still not done after {timeout} s: {seen}")
 
 
+# Whether text in the page's font draws as glyphs: each missing character draws the same box, so without a CJK font
+# Chinese text and characters no font has (private use) look alike.
+_GLYPHS_DRAWN = r"""() => {
+  const canvas = document.createElement("canvas"), g = canvas.getContext("2d");
+  canvas.width = 240; canvas.height = 40;
+  const draw = (text) => {
+    g.clearRect(0, 0, 240, 40); g.font = getComputedStyle(document.querySelector("h1")).font;
+    g.fillText(text, 0, 30); return canvas.toDataURL();
+  };
+  return draw("青石镇的集市") !== draw("\u{10FFFD}\u{10FFFD}\u{10FFFD}\u{10FFFD}\u{10FFFD}\u{10FFFD}");
+}"""
+
+
 @pytest.mark.slow
-def test_the_page_in_chromium(browser, trained_api, api, tmp_path):
+def test_the_page_in_chromium(browser, trained_api, trained_folder, api, tmp_path):
+    from gpt_novel.consolidate import card_title
+
     context = browser.new_context(viewport={"width": 1280, "height": 900},
                                   permissions=["clipboard-read", "clipboard-write"])
     page = context.new_page()
+    failed: list[str] = []  # until the requests below that are refused on purpose
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.on("console", lambda m: failed.append(m.text) if m.type == "error" else None)
     page.goto(trained_api)  # the trained model: its facts and curve
     page.locator("#facts").get_by_text("24", exact=True).wait_for(timeout=10_000)
     assert page.evaluate("document.getElementById('loss').complete && document.getElementById('loss').naturalWidth")
+    assert page.text_content("#model-name") == card_title(trained_folder) != "hf"  # the card's name
+    assert page.evaluate(_GLYPHS_DRAWN), "Chinese draws as boxes: install a CJK font (Debian: fonts-wqy-zenhei)"
 
     page.goto(api)
     page.locator("#max_new_tokens").wait_for()
@@ -471,7 +491,8 @@ def test_the_page_in_chromium(browser, trained_api, api, tmp_path):
         page.fill("#max_new_tokens", "600")
         page.fill("#drafts", "1")
         page.fill("#seed", "11")
-        page.click("#start")
+        page.click("#start")  # the drafts before stay, done, until the new ones start
+        page.wait_for_function("document.querySelector(\".draft[data-index='0']\")?.dataset.state === 'generating'")
         growing = [n for n in _draft_lengths_until_done(page, 0, timeout=120) if n > 0]
         assert len(growing) >= 3 and growing == sorted(growing)
         assert page.text_content("#notes") == ""
@@ -498,6 +519,7 @@ def test_the_page_in_chromium(browser, trained_api, api, tmp_path):
     page.set_input_files("#file", str(gbk))
     page.wait_for_function("document.getElementById('prompt').value.startsWith('第一章 青石如故')")
 
+    assert failed == [], failed  # no 404 (a favicon), no error in the console
     page.fill("#temperature", "9")  # an out-of-range value: the server's message on the page
     page.click("#start")
     page.wait_for_function("document.getElementById('error').textContent.includes('temperature')")
