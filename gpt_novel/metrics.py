@@ -129,6 +129,13 @@ def _step_of(line: str) -> float | None:
     return _step_in(_record(line) or {})
 
 
+def duration(seconds: float) -> str:
+    """A rough time for people: 40 s, 12 min, 3.5 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
+
+
 def _truncate_after(path: Path, start_step: int) -> None:
     """Keep only lines with step <= start_step (and valid JSON); atomic, so a kill here loses nothing."""
     if not path.exists():
@@ -289,8 +296,11 @@ class Metrics:
         if record["step"] < self._total and time.monotonic() - self._status_at < STATUS_SECONDS:
             return
         self._status_at = time.monotonic()
-        self._print(f"step {record['step']}/{self._total}: loss {record['loss']:.4f}, "
-                    f"{record['tokens_per_s']:,.0f} tokens/s, {record['elapsed']:.0f} s")
+        step, elapsed = record["step"], record["elapsed"]
+        # the run's mean step time so far, evaluations and saves included (the bar in a terminal has its own ETA)
+        left = f", about {duration((self._total - step) * elapsed / step)} left" if 0 < step < self._total else ""
+        self._print(f"step {step}/{self._total}: loss {record['loss']:.4f}, "
+                    f"{record['tokens_per_s']:,.0f} tokens/s, {elapsed:.0f} s{left}")
 
     def log_eval(self, step: int, *, val_loss: float, val_ppl: float, val_bpc: float, tokens: int) -> None:
         """One eval line, its TensorBoard scalars and a short printed summary (evals are rare and worth seeing)."""

@@ -10,7 +10,7 @@ import pytest
 from gpt_novel import metrics
 from gpt_novel.cli import main
 from gpt_novel.errors import UserError
-from gpt_novel.metrics import Metrics, flops_per_token, mfu, peak_flops, plot_run, read_metrics
+from gpt_novel.metrics import Metrics, duration, flops_per_token, mfu, peak_flops, plot_run, read_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -257,6 +257,16 @@ def test_outside_a_terminal_progress_is_plain_lines_and_the_last_one_once(tmp_pa
     with Metrics(tmp_path, enabled=True, total_steps=3, tensorboard=False, progress=True, start_step=3) as m:
         _train(m, 4, loss=1.0)
     assert capsys.readouterr().out.startswith("step 4/3: loss 1.0000")
+    with Metrics(tmp_path / "eta", enabled=True, total_steps=200, tensorboard=False, progress=True) as m:
+        for step in (2, 150, 199, 200):
+            _train(m, step, loss=1.0)  # 0.5 s a step
+    assert [line.split(" s, ")[-1] for line in capsys.readouterr().out.splitlines()] == \
+        ["about 2 min left", "about 25 s left", "about 0 s left", "step 200/200: loss 1.0000, 8,192 tokens/s, 100 s"]
+
+
+def test_durations_are_rounded_for_people():
+    assert [duration(s) for s in (0, 89, 90, 5399, 5400, 12_600)] == ["0 s", "89 s", "2 min", "90 min", "1.5 h",
+                                                                      "3.5 h"]
 
 
 # --- overfitting ----------------------------------------------------------------------------------------------------
