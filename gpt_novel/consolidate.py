@@ -32,7 +32,7 @@ from gpt_novel.data.vocab import Vocab
 from gpt_novel.data.workdir import owner_tag, replace_dir
 from gpt_novel.errors import UserError
 from gpt_novel.generate import DTYPES, SamplingOptions, generation_kwargs
-from gpt_novel.metrics import LOSS_PLOT, last_eval
+from gpt_novel.metrics import LOSS_PLOT, evals_until
 from gpt_novel.model import build_model
 from gpt_novel.parallel import name_deepspeed_accelerator
 
@@ -209,15 +209,19 @@ FACTS_FILE = "training.json"  # what the model card says, for programs (`gpt-nov
 
 
 def training_facts(ckpt: Path, cfg: TrainConfig, state: checkpoint.TrainerState) -> dict:
-    """How the weights were made: preset and shape, steps, tokens, the last held-out scores they had seen."""
-    last = last_eval(ckpt.parent.parent, state.step)
+    """How the weights were made: preset and shape, steps, tokens, the last held-out scores they had seen and the
+    first ones of the run (bits per character mean little alone: beside the start they show what training did)."""
+    evals = evals_until(ckpt.parent.parent, state.step)
+    first, last = (evals[0], evals[-1]) if evals else (None, None)
+    keys = ("step", "val_loss", "val_ppl", "val_bpc")
     return {
         "preset": cfg.preset, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
         "n_positions": cfg.n_positions, "n_params": state.n_params, "steps": state.step,
         "tokens": state.tokens, "init_from": cfg.init_from or None,
         "data_fingerprint": state.data_fingerprint,
         "tokenizer": Vocab.load(ckpt / "tokenizer").kind,
-        "validation": {k: last[k] for k in ("step", "val_loss", "val_ppl", "val_bpc")} if last else None,
+        "validation": {k: last[k] for k in keys} if last else None,
+        "first_validation": {k: first[k] for k in keys} if first else None,
     }
 
 
@@ -235,9 +239,11 @@ def card_title(folder: Path) -> str | None:
 
 
 def model_card(ckpt: Path, facts: dict, dtype: str, out: Path) -> str:
-    last = facts["validation"]
+    last, first = facts["validation"], facts.get("first_validation")
     val = (f"val loss {last['val_loss']:.4f}, perplexity {last['val_ppl']:.2f}, {last['val_bpc']:.3f} bits per "
            f"character (step {last['step']})" if last else "no validation recorded")
+    if last and first and first["step"] != last["step"]:
+        val += f"; the run's first evaluation, step {first['step']}: {first['val_bpc']:.3f} (lower is better)"
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation

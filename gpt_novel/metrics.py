@@ -381,14 +381,19 @@ def overfitting(records: list[dict], evals: int) -> str | None:
             "or more dropout)")
 
 
-def last_eval(run_dir: Path, step: int) -> dict | None:
-    """The last eval record (`"val_loss"`) at or before `step`, or None when there is none or no metrics.jsonl.
+def evals_until(run_dir: Path, step: int) -> list[dict]:
+    """The eval records (`"val_loss"`) at or before `step`, in order; none without a metrics.jsonl.
 
     For describing a checkpoint: a killed run may have logged evals after it that the checkpoint's weights never saw.
     """
     if not (Path(run_dir) / METRICS_FILE).is_file():
-        return None
-    evals = [r for r in read_metrics(run_dir) if "val_loss" in r and (s := _step_in(r)) is not None and s <= step]
+        return []
+    return [r for r in read_metrics(run_dir) if "val_loss" in r and (s := _step_in(r)) is not None and s <= step]
+
+
+def last_eval(run_dir: Path, step: int) -> dict | None:
+    """The last eval record at or before `step` (`evals_until`), or None."""
+    evals = evals_until(run_dir, step)
     return evals[-1] if evals else None
 
 

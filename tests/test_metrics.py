@@ -196,6 +196,7 @@ def test_last_eval_is_the_newest_eval_at_or_before_the_step(tmp_path):
     assert metrics.last_eval(tmp_path, 10)["val_loss"] == 5.5 / 10
     assert metrics.last_eval(tmp_path, 9)["step"] == 5
     assert metrics.last_eval(tmp_path, 4) is None
+    assert [r["step"] for r in metrics.evals_until(tmp_path, 12)] == [5, 10]
 
 
 # --- plot ---------------------------------------------------------------------------------------------------------

@@ -251,6 +251,10 @@ def test_info_has_the_model_cards_facts_and_its_training_curve(trained_api, trai
     facts = json.loads((trained_folder / "training.json").read_text())
     assert info["facts"] == facts and facts["steps"] == 24 and facts["tokens"] > 0 and facts["preset"] == "tiny"
     assert facts["validation"]["step"] == 24 and facts["validation"]["val_bpc"] > 0
+    assert facts["first_validation"]["step"] == 12  # the run evaluates every 12 steps
+    assert facts["first_validation"]["val_bpc"] > facts["validation"]["val_bpc"]
+    card = (trained_folder / "README.md").read_text(encoding="utf-8")
+    assert f"the run's first evaluation, step 12: {facts['first_validation']['val_bpc']:.3f} (lower is better)" in card
     assert info["loss_plot"] and info["defaults"]["temperature"] == 0.9 and info["limits"]["queue"] == 8
     png = urllib.request.urlopen(trained_api + "/loss.png").read()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == (zero_runs[1] / "loss.png").read_bytes()  # the run's curve
@@ -463,6 +467,7 @@ def test_the_page_in_chromium(browser, trained_api, trained_folder, api, tmp_pat
     page.locator("#facts").get_by_text("24", exact=True).wait_for(timeout=10_000)
     assert page.evaluate("document.getElementById('loss').complete && document.getElementById('loss').naturalWidth")
     assert page.text_content("#model-name") == card_title(trained_folder) != "hf"  # the card's name
+    assert "bits/char at step 12 (lower is better)" in page.text_content("#facts")  # the figure beside the start
     assert page.evaluate(_GLYPHS_DRAWN), "Chinese draws as boxes: install a CJK font (Debian: fonts-wqy-zenhei)"
 
     page.goto(api)
