@@ -48,26 +48,32 @@ NPROC  ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | wc -l); [ "$$n" -gt 0 ] && ec
 DEMO_STEPS ?= 400
 
 # Prepare a corpus (the Project Gutenberg classics when the network is there, else the shipped sample), train the
-# tiny preset with DeepSpeed ZeRO-2 + bf16 on $(NPROC) processes (running it again resumes the run), consolidate the
-# newest checkpoint into a Hugging Face folder and continue a prompt with it.
+# tiny preset with DeepSpeed ZeRO-2 + bf16 on $(NPROC) processes, consolidate the checkpoint with the lowest
+# validation loss (the tiny model overfits a small corpus) into a Hugging Face folder and continue a prompt with it.
+# The download is tried once per $(DEMO) directory: its outcome is remembered ($(DEMO)/.fetched or .fetch-failed).
+# Run again, it goes on: a stopped run resumes, a finished one trains $(DEMO_STEPS) steps more, with any NPROC.
+DEMO ?= demo
 demo: install
-	@mkdir -p demo; echo "demo: downloading six public-domain classics into demo/corpus (log: demo/fetch.log)"; \
-	if $(BIN)/python tools/fetch_corpus.py demo/corpus --timeout 15 --retries 0 > demo/fetch.log 2>&1; then \
-		corpus=demo/corpus; \
-	else \
-		echo "demo: no network (or a download failed, see demo/fetch.log): using the shipped sample corpus"; \
-		corpus=sample/corpus; \
+	@mkdir -p $(DEMO); \
+	if [ ! -e $(DEMO)/.fetched ] && [ ! -e $(DEMO)/.fetch-failed ]; then \
+		echo "demo: downloading six public-domain classics into $(DEMO)/corpus (log: $(DEMO)/fetch.log)"; \
+		if $(BIN)/python tools/fetch_corpus.py $(DEMO)/corpus --timeout 15 --retries 0 > $(DEMO)/fetch.log 2>&1; \
+		then touch $(DEMO)/.fetched; else touch $(DEMO)/.fetch-failed; fi; \
 	fi; \
-	$(BIN)/gpt-novel prepare $$corpus --out demo/data --seq-len 256 --shard-size 1MB --force
+	if [ -e $(DEMO)/.fetched ]; then corpus=$(DEMO)/corpus; else corpus=sample/corpus; \
+		echo "demo: no download (no network, or it failed: $(DEMO)/fetch.log; rm $(DEMO)/.fetch-failed to try" \
+			"again): using the shipped sample corpus"; fi; \
+	$(BIN)/gpt-novel prepare $$corpus --out $(DEMO)/data --seq-len 256 --shard-size 1MB --force
+	@done=$$(cat $(DEMO)/run/DONE 2>/dev/null || echo 0); steps=$$((done + $(DEMO_STEPS))); \
+	[ "$$done" = 0 ] || echo "demo: $(DEMO)/run finished $$done steps: training on to step $$steps"; \
 	$(BIN)/gpt-novel launch $(BIN)/accelerate launch --config_file launch/zero2.yaml --num_processes $(NPROC) \
-		-m gpt_novel.train \
-		--config tiny --data demo/data --run-dir demo/run --max-steps $(DEMO_STEPS)
-	$(BIN)/python tools/consolidate.py demo/run demo/hf
+		-m gpt_novel.train --config tiny --data $(DEMO)/data --run-dir $(DEMO)/run --max-steps $$steps
+	$(BIN)/python tools/consolidate.py $(DEMO)/run $(DEMO)/hf --best
 	@echo "demo: a continuation of the start of chapter 2 of the sample:"
-	$(BIN)/python tools/sample.py demo/hf --prompt "青石桥在镇子南面一里开外，" --max-new-tokens 80 --seed 1
-	@echo "demo: run directory demo/run (metrics.jsonl, loss.png, checkpoints/); model folder demo/hf"
-	@echo "demo: TensorBoard: $(BIN)/tensorboard --logdir demo/run/tensorboard"
-	@echo "demo: a web page to continue a novel with it: $(BIN)/gpt-novel serve demo/hf (then open http://127.0.0.1:7860)"
+	$(BIN)/python tools/sample.py $(DEMO)/hf --prompt "青石桥在镇子南面一里开外，" --max-new-tokens 80 --seed 1
+	@echo "demo: run directory $(DEMO)/run (metrics.jsonl, loss.png, checkpoints/); model folder $(DEMO)/hf"
+	@echo "demo: TensorBoard: $(BIN)/tensorboard --logdir $(DEMO)/run/tensorboard"
+	@echo "demo: a web page to continue a novel with it: $(BIN)/gpt-novel serve $(DEMO)/hf (then open http://127.0.0.1:7860)"
 
 bench: install
 	$(BIN)/python benchmarks/prepare.py
