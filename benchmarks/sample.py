@@ -65,13 +65,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1, help="drafts generated together")
     args = parser.parse_args()
-    from gpt_novel.generate import SamplingOptions, continue_text, generation_kwargs, load, prompt_ids
+    from gpt_novel.generate import SamplingOptions, continue_ids, generation_kwargs, load, prompt_ids
 
     with tempfile.TemporaryDirectory() as tmp:
         model, vocab = load(args.model or untrained_model_dir(Path(tmp)))
+    positions = model.config.n_positions
+    if args.max_new_tokens >= positions:
+        parser.error(f"--max-new-tokens must be below the model's {positions} positions: a bare generate cannot "
+                     "slide the context as sample.py does")
     prompt = "青石镇一连下了七天的雨。沈砚推开客栈的门，"
     options = SamplingOptions(max_new_tokens=args.max_new_tokens, seed=1, num_samples=args.batch)
-    ids = prompt_ids(vocab, prompt, options, model.config.n_positions)  # also loads thulac (word vocabulary) once
+
+    def encoded() -> list[int]:  # sample.py's encoding, cut to the tail that leaves room: no path slides
+        return prompt_ids(vocab, prompt, options, positions)[-(positions - args.max_new_tokens):]
+
+    ids = encoded()  # also loads thulac (word vocabulary) once
     batch = torch.tensor([ids] * args.batch, device=model.device)
     common = dict(attention_mask=torch.ones_like(batch), **generation_kwargs(vocab, options))
 
@@ -81,7 +89,7 @@ def main() -> None:
             return model.generate(batch, use_cache=use_cache, **common)
 
     new_tokens = (bare(True).shape[1] - len(ids)) * args.batch  # the same seed: the same tokens on every path
-    ours = _timed(lambda: continue_text((model, vocab), prompt, options), args.repeats)
+    ours = _timed(lambda: continue_ids((model, vocab), encoded(), options), args.repeats)
     plain = _timed(lambda: bare(True), args.repeats)
     no_cache = _timed(lambda: bare(False), args.repeats)
     print(json.dumps({
