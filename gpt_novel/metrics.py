@@ -391,12 +391,6 @@ def evals_until(run_dir: Path, step: int) -> list[dict]:
     return [r for r in read_metrics(run_dir) if "val_loss" in r and (s := _step_in(r)) is not None and s <= step]
 
 
-def last_eval(run_dir: Path, step: int) -> dict | None:
-    """The last eval record at or before `step` (`evals_until`), or None."""
-    evals = evals_until(run_dir, step)
-    return evals[-1] if evals else None
-
-
 def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 

@@ -188,14 +188,14 @@ def test_markdown_text_keeps_line_breaks_and_backticks():
     assert "第一行 *不是强调*\n第二行 ``` 反引号\n# 不是标题" in html
 
 
-def test_last_eval_is_the_newest_eval_at_or_before_the_step(tmp_path):
-    assert metrics.last_eval(tmp_path, 10) is None  # no metrics.jsonl: a checkpoint copied without its run
+def test_evals_until_are_the_evals_at_or_before_the_step(tmp_path):
+    assert metrics.evals_until(tmp_path, 10) == []  # no metrics.jsonl: a checkpoint copied without its run
     _write_run(tmp_path, steps=12)  # evals at steps 5 and 10
     with (tmp_path / "metrics.jsonl").open("a", encoding="utf-8") as f:
         f.write('{"step": "x", "val_loss": 9.0}\n{"step": 11, "val_lo')  # foreign and torn lines are skipped
-    assert metrics.last_eval(tmp_path, 10)["val_loss"] == 5.5 / 10
-    assert metrics.last_eval(tmp_path, 9)["step"] == 5
-    assert metrics.last_eval(tmp_path, 4) is None
+    assert metrics.evals_until(tmp_path, 10)[-1]["val_loss"] == 5.5 / 10
+    assert metrics.evals_until(tmp_path, 9)[-1]["step"] == 5
+    assert metrics.evals_until(tmp_path, 4) == []
     assert [r["step"] for r in metrics.evals_until(tmp_path, 12)] == [5, 10]
 
 
