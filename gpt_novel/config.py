@@ -343,6 +343,9 @@ class TrainConfig:
     """hidden size; unset: the --init-from folder's, else 128"""
     n_positions: int = 0
     """longest context the model accepts; 0: the --init-from folder's, else the data's seq len"""
+    data_seq_len: int = 0
+    """the seq len (prepare's --seq-len) this config is sized for; the presets set it. Data of another seq len
+    trains, with a warning at start saying what it costs; 0: any"""
     dropout: float = 0.1
     """dropout in [0, 1)"""
     activation_checkpointing: bool = False

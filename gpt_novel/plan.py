@@ -93,7 +93,20 @@ def read_inputs(cfg: TrainConfig) -> Inputs:
     init = InitFolder.load(cfg.init_from) if cfg.init_from else None
     if init is not None:
         init.check_data(dataset)
-    return Inputs(dataset, deepspeed, ds_json, init, (warning,) if warning else ())
+    warnings = tuple(w for w in (warning, seq_len_warning(cfg, dataset)) if w)
+    return Inputs(dataset, deepspeed, ds_json, init, warnings)
+
+
+def seq_len_warning(cfg: TrainConfig, dataset: Dataset) -> str | None:
+    """Data of another seq len than the config is sized for trains, but not in the time the preset promises (a
+    step's cost grows at least with the seq len): said at start, with both ways out."""
+    want, have = cfg.data_seq_len, dataset.seq_len
+    if not want or want == have:
+        return None
+    cost = f"each step takes about {have / want:.0f}× as long" if have > want else "steps see less context"
+    return (f"warning: the {cfg.preset} config is sized for data prepared with --seq-len {want}; {dataset.root} has "
+            f"seq len {have}, so {cost}. Prepare it with --seq-len {want}, or pass --data-seq-len {have} if this is "
+            "what you want")
 
 
 def build(cfg: TrainConfig, inputs: Inputs, world_size: int, point: ResumePoint | None) -> Plan:

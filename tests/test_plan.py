@@ -103,3 +103,16 @@ def test_trainer_state_round_trips_and_refuses_what_is_not_one():
     assert TrainerState.from_json(json.dumps({**json.loads(state.to_json()), "later_field": 1})) == state
     with pytest.raises(ValueError, match="no world_size, scheduler"):
         TrainerState.from_json(json.dumps({"step": 3, "tokens": 96, "global_batch_size": 16}))
+
+
+def test_data_of_another_seq_len_than_the_preset_is_sized_for_is_said_with_both_ways_out(sample_data, tmp_path):
+    seq_len = Dataset.load(sample_data).seq_len
+    assert seq_len != 256  # the tiny preset is sized for 256
+    [warning] = plan.read_inputs(train_config(_args(sample_data, tmp_path / "run"))).warnings
+    assert f"the tiny config is sized for data prepared with --seq-len 256; {sample_data} has seq len {seq_len}" \
+        in warning
+    assert f"pass --data-seq-len {seq_len}" in warning
+    agreed = train_config([*_args(sample_data, tmp_path / "run"), "--data-seq-len", str(seq_len)])
+    assert plan.read_inputs(agreed).warnings == ()
+    longer = dataclasses.replace(agreed, data_seq_len=seq_len // 4)
+    assert "each step takes about 4× as long" in plan.seq_len_warning(longer, Dataset.load(sample_data))
