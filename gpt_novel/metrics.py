@@ -29,9 +29,9 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from gpt_novel.errors import UserError
+from gpt_novel.progress import STATUS_SECONDS, duration
 
 METRICS_FILE = "metrics.jsonl"
-STATUS_SECONDS = 30.0
 TENSORBOARD_DIR = "tensorboard"
 
 # Dense (no sparsity) bf16 tensor-core peak FLOP/s per device, from the vendors' datasheets. Matched in order
@@ -127,13 +127,6 @@ def _step_in(record: dict) -> float | None:
 def _step_of(line: str) -> float | None:
     """The "step" of one metrics.jsonl line, or None for a line without one (to be dropped)."""
     return _step_in(_record(line) or {})
-
-
-def duration(seconds: float) -> str:
-    """A rough time for people: 40 s, 12 min, 3.5 h."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
 
 
 def _truncate_after(path: Path, start_step: int) -> None:

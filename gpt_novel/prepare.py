@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import shutil
@@ -75,12 +76,14 @@ def _run_step(cfg: PrepareConfig, out: Path) -> None:
             with lock.exclusive(_sibling(out, "lock"), f"--out {out}"):
                 plan = _plan(cfg, out, work, pool)
             if plan is not None:
-                print(f"plan: {len(plan.partitions)} partition(s) in {work.root}")
+                print(plan_line(plan, cfg.partition_size, work.root))
+                if warning := idle_tasks_warning(plan, cfg.tasks):
+                    print(f"warning: {warning}", file=sys.stderr)
             return
         plan = _planned(cfg, work)
         parts = stages.task_partitions(len(plan.partitions), cfg.task, cfg.tasks)
         if cfg.step in stages.PARTITION_STEPS:
-            print(f"{cfg.step}: task {cfg.task} of {cfg.tasks}: partition(s) {stages.ranges(parts) or 'none'}")
+            print(task_line(cfg, plan, parts))
         if cfg.step == "read":
             stages.read(plan, work, parts, pool, _cache_root(cfg))
         elif cfg.step == "merge":
@@ -109,6 +112,35 @@ def _plan(cfg: PrepareConfig, out: Path, work: WorkDir, pool: LazyPool) -> Plan 
         return None
     plan.save(work)
     return plan
+
+
+def plan_line(plan: Plan, partition_size: str, root: Path) -> str:
+    parts = len(plan.partitions)
+    size = sum(d.get("bytes", 0) for p in plan.partitions for d in p)
+    return (f"plan: {stages.files_in(plan, list(range(parts)))} file(s), {size / 1e6:.1f} MB, in {parts} "
+            f"partition(s) of up to --partition-size {partition_size}; work directory {root}")
+
+
+def idle_tasks_warning(plan: Plan, tasks: int) -> str | None:
+    """More Slurm tasks (the plan step's --tasks) than partitions leave some with nothing to do: said with the
+    partition size that would give each one work (files are never split, so a large file may still stand alone)."""
+    parts = len(plan.partitions)
+    if tasks <= parts:
+        return None
+    size = sum(d.get("bytes", 0) for p in plan.partitions for d in p)
+    return (f"{parts} partition(s) for {tasks} tasks: {tasks - parts} task(s) of each array will have nothing to "
+            f"do; --partition-size {math.ceil(size / tasks / 1e5) / 10}MB would give each task work (in "
+            "PREPARE_ARGS; a file is never split)")
+
+
+def task_line(cfg: PrepareConfig, plan: Plan, parts: list[int]) -> str:
+    """What a Slurm array task will do: its files, or that it has none and why (more tasks than partitions)."""
+    step, total = f"{cfg.step}: task {cfg.task} of {cfg.tasks}", len(plan.partitions)
+    if not parts:
+        return (f"{step} has nothing to do: the plan has {total} partition(s) for {cfg.tasks} tasks (a partition "
+                f"is up to --partition-size {cfg.partition_size} of input; a smaller one gives every task work)")
+    return (f"{step}: {stages.files_in(plan, parts)} of {stages.files_in(plan, list(range(total)))} file(s), "
+            f"partition(s) {stages.ranges(parts)} of {total}")
 
 
 def _planned(cfg: PrepareConfig, work: WorkDir) -> Plan:

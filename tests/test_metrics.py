@@ -10,7 +10,8 @@ import pytest
 from gpt_novel import metrics
 from gpt_novel.cli import main
 from gpt_novel.errors import UserError
-from gpt_novel.metrics import Metrics, duration, flops_per_token, mfu, peak_flops, plot_run, read_metrics
+from gpt_novel.metrics import Metrics, flops_per_token, mfu, peak_flops, plot_run, read_metrics
+from gpt_novel.progress import duration
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

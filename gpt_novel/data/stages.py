@@ -42,6 +42,7 @@ from gpt_novel.data.vocab import Vocab, check_vocab_size, given_vocab, tokenizer
 from gpt_novel.data.workdir import ALL, WorkDir, key_of, read_records, write_json
 from gpt_novel.data.workers import LazyPool, ordered_map
 from gpt_novel.errors import UserError
+from gpt_novel.progress import Progress
 
 PLAN = "plan.json"
 PARTITION_STEPS = ("read", "segment", "encode")
@@ -140,16 +141,24 @@ def task_partitions(parts: int, task: int, tasks: int) -> list[int]:
     return list(range(task, parts, tasks))
 
 
-def _todo(work: WorkDir, step: str, parts: list[int], key) -> list[int]:
+def _todo(plan: Plan, work: WorkDir, step: str, parts: list[int], key) -> list[int]:
     todo = [p for p in parts if not work.done(step, p, key(p))]
-    skipped = [p for p in parts if p not in todo]
-    if skipped:
-        print(f"{step}: input partition(s) {ranges(skipped)} done earlier, kept")
-    if todo:
-        print(f"{step}: working on input partition(s) {ranges(todo)}")
+    if skipped := [p for p in parts if p not in todo]:
+        print(f"{step}: {files_in(plan, skipped)} of {files_in(plan, parts)} file(s) done earlier, kept "
+              f"(partition(s) {ranges(skipped)})")
     for p in todo:
         work.remove_unfinished(step, p)
     return todo
+
+
+def files_in(plan: Plan, parts: list[int]) -> int:
+    return sum(len(plan.partitions[p]) for p in parts)
+
+
+def _first_file(plan: Plan, parts: list[int]) -> dict[int, int]:
+    """Each partition's first file, counted from 1 over `parts`: progress says "file 3 of 8", not partitions."""
+    firsts = itertools.accumulate((len(plan.partitions[p]) for p in parts[:-1]), initial=1)
+    return dict(zip(parts, firsts, strict=True))
 
 
 def ranges(parts: list[int]) -> str:
@@ -177,20 +186,32 @@ def require(work: WorkDir, step: str, parts: list, key, files: tuple[str, ...] |
 def read(plan: Plan, work: WorkDir, parts: list[int], pool: LazyPool, cache_root: Path | None) -> None:
     """Per partition: chapters.jsonl ([file, text] per chapter), files.jsonl (each file's FileResult without its
     chapters) and the chapters' sha256 digests (sorted, for the merge's buckets)."""
-    todo = _todo(work, "read", parts, plan.read_key)
+    todo = _todo(plan, work, "read", parts, plan.read_key)
     jobs = [(p, d, plan.options["to_simplified"], str(cache_root) if cache_root else None)
             for p in todo for d in plan.partitions[p]]
     results = ordered_map(pool, _read_one, jobs)
-    with tqdm(total=len(jobs), desc="read+clean", unit="file", disable=None) as bar:
-        for p, group in itertools.groupby(results, key=lambda r: r[0]):
+    if not jobs:
+        return
+    with Progress("read", sum(d.get("bytes", 0) for _, d, *_ in jobs), len(jobs), "bytes") as bar:
+        for p, group in itertools.groupby(_read_progress(jobs, results, bar), key=lambda r: r[0]):
             info: dict = {}
             with work.output("read", p, plan.read_key(p), info) as out:
-                _write_read(out, _counted(((r, t) for _, r, t in group), bar, lambda x: 1), info)
+                _write_read(out, ((r, t) for _, r, t in group), info)
+        infos = [work.info("read", p) for p in todo]
+        bar.done(f"{len(jobs)} file(s), {sum(i['chapters'] for i in infos):,} chapters, "
+                 f"{sum(i['chars_in'] for i in infos):,} characters")
 
 
-def _counted(items: Iterator, bar: tqdm, size) -> Iterator:
+def _read_progress(jobs: list[tuple], results: Iterator, bar: Progress) -> Iterator:
+    for n, (job, result) in enumerate(zip(jobs, results, strict=True), 1):
+        bar.advance(job[1].get("bytes", 0), n)
+        yield result
+
+
+def _advancing(items: Iterator, bar: Progress, measure) -> Iterator:
+    """The items, the bar advanced by measure(item) = (units, file number) for each."""
     for item in items:
-        bar.update(size(item))
+        bar.advance(*measure(item))
         yield item
 
 
@@ -209,13 +230,14 @@ def _read_one(job: tuple[int, dict, bool, str | None]) -> tuple[int, FileResult,
 def _write_read(out: Path, results: Iterator[tuple[FileResult, float]], info: dict) -> None:
     digests: list[tuple[int, int, int]] = []
     chars: set[str] = set()
-    seconds = chars_in = 0.0
+    seconds, chars_in, chars_out = 0.0, 0, 0
     with open(out / "chapters.jsonl", "w", encoding="utf-8") as f, \
             open(out / "files.jsonl", "w", encoding="utf-8") as g:
         for n, (r, spent) in enumerate(results):
             for text in r.chapters:
                 f.write(json.dumps([n, text], ensure_ascii=False) + "\n")
                 digests.append((*_digest(text), len(digests)))
+                chars_out += len(text)
             chars.update(r.distinct_chars)
             g.write(dataclasses.replace(r, chapters=[]).to_json() + "\n")
             _warn(r)
@@ -223,7 +245,8 @@ def _write_read(out: Path, results: Iterator[tuple[FileResult, float]], info: di
     table = np.array(sorted(digests), dtype=np.uint64).reshape(-1, 3)
     for name, column in zip(("digest_hi", "digest_lo", "digest_idx"), table.T, strict=True):
         np.save(out / f"{name}.npy", np.ascontiguousarray(column))
-    info.update(chapters=len(digests), distinct_chars="".join(sorted(chars)), seconds=seconds, chars_in=chars_in)
+    info.update(chapters=len(digests), distinct_chars="".join(sorted(chars)), seconds=seconds, chars_in=chars_in,
+                chars=chars_out)
 
 
 def _warn(r: FileResult) -> None:
@@ -252,13 +275,17 @@ def merge(plan: Plan, work: WorkDir) -> dict:
     (partition, chapter). Returns the facts the checks before segmentation need."""
     parts = list(range(len(plan.partitions)))
     require(work, "read", parts, plan.read_key, ("files.jsonl", "digest_hi.npy", "digest_lo.npy", "digest_idx.npy"))
-    key = plan.merge_key()
-    if not work.done("merge", ALL, key):
-        work.remove_unfinished("merge", ALL)
-        info: dict = {}
-        with work.output("merge", ALL, key, info) as out:
-            info.update(boilerplate=_boilerplate(work, parts, out), duplicates=_duplicates(work, parts, out))
-    return work.info("merge")
+    key, start = plan.merge_key(), time.monotonic()
+    if work.done("merge", ALL, key):
+        print("merge: done earlier, kept")
+        return work.info("merge")
+    work.remove_unfinished("merge", ALL)
+    info: dict = {}
+    with work.output("merge", ALL, key, info) as out:
+        info.update(boilerplate=_boilerplate(work, parts, out), duplicates=_duplicates(work, parts, out))
+    print(f"merge: {files_in(plan, parts)} file(s): {info['boilerplate']:,} boilerplate line(s) repeated across "
+          f"files, {info['duplicates']:,} duplicate chapter(s) in {time.monotonic() - start:.1f} s")
+    return info
 
 
 def _boilerplate(work: WorkDir, parts: list[int], out: Path) -> int:
@@ -330,20 +357,29 @@ def segment_step(plan: Plan, work: WorkDir, parts: list[int], pool: LazyPool, ca
     word counts by hash bucket (counts.tsv + counts_index.npy), kept.npy (chapter, lower bound of its ids,
     digest hi, lo) for the val split, and removed.json (characters per file under duplicate_chapter, boilerplate)."""
     require(work, "merge", [ALL], lambda p: plan.merge_key())
-    todo = _todo(work, "segment", parts, plan.segment_key)
+    todo = _todo(plan, work, "segment", parts, plan.segment_key)
     require(work, "read", todo, plan.read_key, ("chapters.jsonl",))
+    if not todo:
+        return
     keys = set(json.loads((work.path("merge") / "boilerplate.json").read_text(encoding="utf-8")))
     word = plan.options["tokenizer"] == "word"
     removed: dict[int, dict[int, Counter]] = {}
     jobs = _segment_jobs(work, todo, keys, removed, str(cache_root) if cache_root and word else None, word)
     results = ordered_map(pool, _segment_one, jobs, per_worker=16)  # chapters are small; keep every worker busy
-    with tqdm(desc="segment", unit="char", unit_scale=True, disable=None) as bar:
+    first = _first_file(plan, todo)
+    total = sum(work.info("read", p)["chars"] for p in todo)
+    with Progress("segment", total, files_in(plan, todo)) as bar:
         for p, group in itertools.groupby(results, key=lambda r: r[0]):
             info: dict = {}
             with work.output("segment", p, plan.segment_key(p), info) as out:
-                chapters = _counted((r[1:] for r in group if r[1] is not None), bar, lambda r: r[4])
+                chapters = _advancing((r[1:] for r in group if r[1] is not None), bar,
+                                      lambda r, p=p: (r[4], first[p] + r[0]))
                 _write_segmented(out, chapters, word, info)
                 write_json(out / "removed.json", {n: dict(c) for n, c in sorted(removed.pop(p).items())})
+        infos = [work.info("segment", p) for p in todo]
+        cached = f" ({sum(i['segmented'] for i in infos):,} segmented now, the rest from the cache)" if word else ""
+        bar.done(f"{sum(i['chapters'] for i in infos):,} chapters, {sum(i['chars'] for i in infos):,} characters"
+                 f"{cached}")
 
 
 def _segment_jobs(work: WorkDir, todo: list[int], keys: set[str], removed: dict, cache_root: str | None,
@@ -389,7 +425,7 @@ def _write_segmented(out: Path, chapters: Iterator[tuple], word: bool, info: dic
             fresh, seconds, chars = fresh + cut, seconds + spent, chars + length
     np.save(out / "kept.npy", np.array(kept, dtype=np.uint64).reshape(-1, 4))
     _write_counts(out, counts)
-    info.update(segmented=fresh, seconds=seconds, chars=chars)
+    info.update(segmented=fresh, seconds=seconds, chars=chars, chapters=len(kept))
 
 
 def _bucket(word: str) -> int:
@@ -439,7 +475,7 @@ def vocab_step(plan: Plan, work: WorkDir, given: str | None = None) -> Vocab:
     elif not work.done("vocab", ALL, key):
         work.remove_unfinished("vocab", ALL)
         opts = plan.options
-        chars, best, size = Counter(), [], opts["vocab_size"]
+        chars, best, size, start = Counter(), [], opts["vocab_size"], time.monotonic()
         for b in tqdm(range(BUCKETS), desc="vocab", unit="bucket", disable=None):
             counts = _bucket_counts(work, parts, b)
             for w, n in counts.items():
@@ -458,6 +494,10 @@ def vocab_step(plan: Plan, work: WorkDir, given: str | None = None) -> Vocab:
         with work.output("vocab", ALL, key, {"vocab_size": len(vocab), "val_extra": len(extra)}) as out:
             vocab.save(out / "tokenizer")
             np.save(out / "val_extra.npy", np.array(extra, dtype=np.uint64).reshape(-1, 2))
+        print(f"vocab: {len(vocab):,} tokens ({opts['tokenizer']} vocabulary) from {len(chars):,} distinct "
+              f"characters in {time.monotonic() - start:.1f} s")
+    else:
+        print("vocab: done earlier, kept")
     return Vocab.load(work.path("vocab") / "tokenizer")
 
 
@@ -523,21 +563,28 @@ def encode(plan: Plan, work: WorkDir, parts: list[int], pool: LazyPool) -> None:
     the ids that did not fill a sample (train_tail.npy) and its val chapters' ids (val.npy), for `finish`. The
     pool turns chapters into ids, a few dozen per job; this process packs and writes them in order."""
     require(work, "vocab", [ALL], lambda p: plan.vocab_key())
-    todo = _todo(work, "encode", parts, plan.encode_key)
+    todo = _todo(plan, work, "encode", parts, plan.encode_key)
     require(work, "segment", todo, plan.segment_key, ("words.jsonl",))
-    with tqdm(desc="encode", unit="chapter", disable=None) as bar:
+    if not todo:
+        return
+    first = _first_file(plan, todo)
+    with Progress("encode", sum(work.info("segment", p)["chars"] for p in todo), files_in(plan, todo)) as bar:
         for p in todo:
-            _encode_partition(plan, work, p, pool, bar)
+            _encode_partition(plan, work, p, pool, bar, first[p])
+        infos = [work.info("encode", p) for p in todo]
+        bar.done(f"{sum(i['chapters'] for i in infos):,} chapters encoded to {sum(i['tokens'] for i in infos):,} "
+                 "ids, "
+                 f"{sum(len(i['shards']) for i in infos)} train shard(s)")
 
 
-def _encode_partition(plan: Plan, work: WorkDir, p: int, pool: LazyPool, bar: tqdm) -> None:
+def _encode_partition(plan: Plan, work: WorkDir, p: int, pool: LazyPool, bar: Progress, first: int) -> None:
     opts, start = plan.options, time.process_time()
     dtype = shards.dtype_for(work.info("vocab")["vocab_size"])
     extra = np.load(work.path("vocab") / "val_extra.npy")
     held = frozenset(int(i) for q, i in extra if q == p)
     per_shard = shards.samples_per_shard(parse_size(opts["shard_size"], "--shard-size"), opts["seq_len"], dtype)
     files: dict[int, Counter] = {}
-    val, packer, info, worker_cpu = [], shards.Packer(opts["seq_len"], dtype), {}, 0.0
+    val, packer, info, worker_cpu, tokens = [], shards.Packer(opts["seq_len"], dtype), {}, 0.0, 0
     records = read_records(work.path("segment", p) / "words.jsonl")
     jobs = ((str(work.root), plan.vocab_key(), opts, held, chunk)
             for chunk in iter(lambda: list(itertools.islice(records, 32)), []))
@@ -550,11 +597,13 @@ def _encode_partition(plan: Plan, work: WorkDir, p: int, pool: LazyPool, bar: tq
                         val.append(ids)
                     else:
                         writer.add(packer.feed(ids))
-                bar.update(len(chapters))
+                    bar.advance(stats["kept"], first + n)
+                    tokens += len(ids)
                 worker_cpu += spent if pool.workers > 1 else 0.0
         np.save(out / "train_tail.npy", packer.unused())
         np.save(out / "val.npy", np.concatenate(val) if val else np.empty(0, dtype))
-        info.update(files={n: dict(c) for n, c in sorted(files.items())}, samples=packer.samples,
+        info.update(files={n: dict(c) for n, c in sorted(files.items())}, samples=packer.samples, tokens=tokens,
+                    chapters=sum(c["chapters"] for c in files.values()),
                     shards=[s.to_json() for s in writer.written],
                     seconds=time.process_time() - start + worker_cpu)
 
