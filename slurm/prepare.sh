@@ -29,18 +29,20 @@
 #   STEP_TIME     --time of each step's jobs                                            default: 24:00:00
 #   WORK_DIR      the work directory, on the shared file system                         default: .DATA_DIR.work beside it
 #   PREPARE_ARGS  more prepare options, the same for every step (--tokenizer char …)    default: none
-#   LOG_DIR       where the jobs write their logs                                      default: the submit directory
+#   LOG_DIR       where the steps' jobs write their logs                   default: logs/prepare-JOBID of the submit directory
 #   REPO          the gpt-novel checkout                                                default: the submit directory
 #   PYTHON        its interpreter                                                       default: $REPO/.venv/bin/python
 # sbatch reads the partition and account from SBATCH_PARTITION and SBATCH_ACCOUNT, for this job and the ones it
-# submits.
+# submits. Submit from the checkout: this job's own log is logs/gpt-novel-prepare-JOBID.out of the submit directory
+# (the checkout has logs/; elsewhere make it first, or Slurm has nowhere to write the log), and each step's log is
+# LOG_DIR/STEP-JOBID[_TASK].out: what it did, with counts and seconds.
 #
 #SBATCH --job-name=gpt-novel-prepare
 #SBATCH --nodes=1
 #SBATCH --ntasks=1
 #SBATCH --cpus-per-task=1
 #SBATCH --time=2-00:00:00
-#SBATCH --output=gpt-novel-prepare-%j.out
+#SBATCH --output=logs/%x-%j.out
 set -euo pipefail
 
 REPO=${REPO:-${SLURM_SUBMIT_DIR:-$PWD}}
@@ -51,14 +53,17 @@ TASKS=${TASKS:-8}
 CPUS=${CPUS:-16}
 MEM_PER_CPU=${MEM_PER_CPU:-}
 STEP_TIME=${STEP_TIME:-24:00:00}
-LOG_DIR=${LOG_DIR:-${SLURM_SUBMIT_DIR:-$PWD}}
+LOG_DIR=${LOG_DIR:-${SLURM_SUBMIT_DIR:-$PWD}/logs/prepare-${SLURM_JOB_ID:-$$}}
+mkdir -p "$LOG_DIR"
 PREPARE_ARGS=${PREPARE_ARGS:-}
 
 # shellcheck disable=SC2206  # INPUTS and PREPARE_ARGS are lists of words
 prepare=("$PYTHON" -m gpt_novel prepare $INPUTS --out "$DATA_DIR" $PREPARE_ARGS ${WORK_DIR:+--work-dir "$WORK_DIR"})
 command=$(printf '%q ' "${prepare[@]}")
 
-plan_log=$("${prepare[@]}" --step plan --workers "${SLURM_CPUS_PER_TASK:-1}" | tee /dev/stderr)
+# not `| tee /dev/stderr`: that opens this job's log anew at offset 0, over the lines already in it
+plan_log=$("${prepare[@]}" --step plan --tasks "$TASKS" --workers "${SLURM_CPUS_PER_TASK:-1}")
+echo "$plan_log"
 if grep -q "nothing to do" <<<"$plan_log"; then
     exit 0
 fi
@@ -69,10 +74,10 @@ step() {
     [ -n "$after" ] && args+=(--dependency "afterok:$after")
     if [ "$array" = array ]; then
         args+=(--array "0-$((TASKS - 1))" --cpus-per-task "$CPUS" ${MEM_PER_CPU:+--mem-per-cpu "$MEM_PER_CPU"}
-               --output "$LOG_DIR/gpt-novel-$name-%A_%a.out")
+               --output "$LOG_DIR/$name-%A_%a.out")
         sbatch "${args[@]}" --wrap "$command --step $name --task \$SLURM_ARRAY_TASK_ID --tasks $TASKS --workers $CPUS"
     else
-        args+=(--cpus-per-task 1 --output "$LOG_DIR/gpt-novel-$name-%j.out")
+        args+=(--cpus-per-task 1 --output "$LOG_DIR/$name-%j.out")
         sbatch "${args[@]}" "${@:4}" --wrap "$command --step $name --workers 1"
     fi
 }
@@ -82,9 +87,10 @@ merge=$(step merge "$read" one)
 segment=$(step segment "$merge" array)
 vocab=$(step vocab "$segment" one)
 encode=$(step encode "$vocab" array)
-echo "submitted: read $read, merge $merge, segment $segment, vocab $vocab, encode $encode (arrays of $TASKS tasks)"
-echo "waiting for the finish job (logs in $LOG_DIR)"
 finish=$(step finish "$encode" one)
+echo "submitted: read $read, merge $merge, segment $segment, vocab $vocab, encode $encode (arrays of $TASKS tasks)," \
+     "finish $finish"
+echo "waiting for the finish job; each step's log: $LOG_DIR/STEP-JOBID[_TASK].out"
 
 # Polled every 2 s rather than with `sbatch --wait`, whose polls back off to half a minute apart (the driver said
 # "finished" ~30 s after the last step); an empty state (the controller did not answer) is waited on too.

@@ -31,13 +31,14 @@
 # trainer's own, recorded with its reason by whichever rank decided it (torchrun would turn every non-zero status
 # into 1 and a page of tracebacks, so the ranks exit 0 once it is recorded): 0 finished, 75 stopped with a checkpoint
 # (resume me), 2 bad input or config, 1 any other failure. A failure on any rank ends every rank within seconds. The
-# log's last line says how the job ended and why.
+# log's last line says how the job ended and why. The log is logs/gpt-novel-JOBID.out of the submit directory: submit
+# from the checkout, which has logs/ (elsewhere make it first, or Slurm has nowhere to write it and fails the job).
 #
 #SBATCH --job-name=gpt-novel
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=1
 #SBATCH --time=24:00:00
-#SBATCH --output=gpt-novel-%j.out
+#SBATCH --output=logs/%x-%j.out
 #SBATCH --open-mode=append
 #SBATCH --requeue
 #SBATCH --signal=B:USR1@300

@@ -7,6 +7,7 @@ and global batch): the losses must be equal bit for bit.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -218,7 +219,7 @@ def _exit_status(job: str) -> int:
 
 
 def _logs(logs: Path, step: str) -> str:
-    return "".join(p.read_text() for p in sorted(logs.glob(f"gpt-novel-{step}-*.out")))
+    return "".join(p.read_text() for p in sorted(logs.glob(f"{step}-*.out")))
 
 
 @pytest.fixture(scope="module")
@@ -232,14 +233,35 @@ def split_novels(tmp_path_factory, sample_text, cache_dir) -> tuple[Path, dict[s
 
 @needs_slurm
 def test_sbatch_prepare_with_one_task_gives_the_bytes_of_one_machine(tmp_path, split_novels, cache_dir):
-    """With three tasks: the next test, whose resubmitted pipeline ends with the same bytes."""
+    """Submitted as the README says, from a directory with logs/ and no LOG_DIR: the driver's log is
+    logs/gpt-novel-prepare-JOB.out, each step's is in logs/prepare-JOB/ and says what it did, with counts and
+    seconds; the driver ends within seconds of the finish job. With three tasks: the next test."""
     corpus, reference = split_novels
     out, logs = tmp_path / "slurm", tmp_path / "logs"
-    job = _sbatch_prepare(_prepare_env(corpus, out, logs, 1, 1, cache_dir), logs)
-    assert _exit_status(job) == 0, (logs / "driver.out").read_text()[-3000:]
+    env = {k: v for k, v in _prepare_env(corpus, out, logs, 1, 1, cache_dir).items() if k != "LOG_DIR"}
+    result = subprocess.run(["sbatch", "--parsable", str(ROOT / "slurm" / "prepare.sh")], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=30)
+    job = result.stdout.strip().split(";")[0]
+    driver, steps = logs / f"gpt-novel-prepare-{job}.out", logs / f"prepare-{job}"
+    assert _exit_status(job) == 0, driver.read_text()[-3000:]
     assert dataset_bytes(out) == reference
-    assert "read: task 0 of 1: partition(s) 0-3" in _logs(logs, "read")
+    assert sorted(p.name for p in logs.iterdir()) == [driver.name, steps.name]
+    assert re.search(r"^plan: (\d+) file\(s\), [\d.]+ MB, in 4 partition\(s\)", driver.read_text(), re.M)
+    assert re.search(r"^read: task 0 of 1: (\d+) of \1 file\(s\), partition\(s\) 0-3 of 4$", _logs(steps, "read"), re.M)
+    for step, did in [("read", r"\d+ file\(s\), [\d,]+ chapters, [\d,]+ characters"),
+                      ("merge", r"\d+ file\(s\): \d+ boilerplate line\(s\) repeated across files, [1-9]\d* duplicate"),
+                      ("segment", r"[\d,]+ chapters, [\d,]+ characters"),
+                      ("vocab", r"[\d,]+ tokens \(word vocabulary\)"),
+                      ("encode", r"[\d,]+ chapters encoded to [\d,]+ ids, \d+ train shard\(s\)")]:
+        assert re.search(rf"^{step}: {did}.* in \d+\.\d s", _logs(steps, step), re.M), _logs(steps, step)
+    finish = re.search(r"finish (\d+)", driver.read_text()).group(1)
+    assert _end_time(job) - _end_time(finish) <= 5  # the driver polls every 2 s
     assert not (tmp_path / ".slurm.work").exists()
+
+
+def _end_time(job: str) -> float:
+    out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, timeout=10).stdout
+    return datetime.datetime.fromisoformat(re.search(r"EndTime=(\S+)", out).group(1)).timestamp()
 
 
 @needs_slurm
@@ -259,13 +281,12 @@ def test_a_cancelled_array_task_is_all_a_resubmission_redoes(tmp_path, split_nov
     assert segment, (first / "driver.out").read_text()
     subprocess.run(["scancel", f"{segment}_2"], check=True, timeout=30)
     assert _exit_status(job) != 0  # the steps after it never ran
-    assert not out.exists() and "input partition(s) 2" not in _logs(first, "segment")
-    assert "read: task 2 of 3: partition(s) 2" in _logs(first, "read")
+    assert not out.exists() and "segment: task 2 of 3" not in _logs(first, "segment")
+    assert re.search(r"^read: task 2 of 3: \d+ of \d+ file\(s\), partition\(s\) 2 of 4$", _logs(first, "read"), re.M)
     job = _sbatch_prepare(_prepare_env(corpus, out, second, 3, 1, cache_dir), second)
     assert _exit_status(job) == 0, (second / "driver.out").read_text()[-3000:]
     read, segmented = _logs(second, "read"), _logs(second, "segment")
-    assert "working on" not in read and read.count("done earlier, kept") == 3
-    assert "segment: input partition(s) 0,3 done earlier, kept" in segmented
-    assert "segment: input partition(s) 1 done earlier, kept" in segmented
-    assert "segment: working on input partition(s) 2" in segmented and segmented.count("working on") == 1
+    assert read.count("done earlier, kept") == 3 and not re.search(r"^read: \d+ file\(s\), ", read, re.M)
+    assert "done earlier, kept (partition(s) 0,3)" in segmented and "done earlier, kept (partition(s) 1)" in segmented
+    assert len(re.findall(r"^segment: [\d,]+ chapters, ", segmented, re.M)) == 1  # task 2's partition, redone
     assert dataset_bytes(out) == reference
