@@ -285,8 +285,9 @@ TOKENIZER_NOTES = {
 }
 
 
-def main(argv: list[str] | None = None, prog: str = "consolidate") -> int:
-    """`gpt-novel consolidate` and tools/consolidate.py."""
+def parser(prog: str = "consolidate") -> argparse.ArgumentParser:
+    """The command line of `gpt-novel consolidate` and tools/consolidate.py (the docs' commands are checked
+    against it)."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("src", metavar="RUN_DIR_OR_CHECKPOINT")
     parser.add_argument("out", metavar="OUT_DIR")
@@ -295,7 +296,12 @@ def main(argv: list[str] | None = None, prog: str = "consolidate") -> int:
     which.add_argument("--best", action="store_true", help="the checkpoint with the lowest validation loss (kept "
                        "by training whatever --keep-last)")
     parser.add_argument("--dtype", choices=SAVE_DTYPES, default="bf16")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "consolidate") -> int:
+    """`gpt-novel consolidate` and tools/consolidate.py."""
+    args = parser(prog).parse_args(argv)
     try:
         out = consolidate(args.src, args.out, args.step, args.dtype, args.best)
     except UserError as e:

@@ -232,8 +232,8 @@ class _WithDefaults(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default in (None, False, "") else super()._get_help_string(action)
 
 
-def main(argv: list[str] | None = None, prog: str = "sample") -> int:
-    """`gpt-novel sample` and tools/sample.py."""
+def parser(prog: str = "sample") -> argparse.ArgumentParser:
+    """The command line of `gpt-novel sample` and tools/sample.py (the docs' commands are checked against it)."""
     parser = argparse.ArgumentParser(prog=prog, description="Continue a novel from a prompt.",
                                      formatter_class=_WithDefaults)
     parser.add_argument("model_dir", metavar="HF_DIR", help="a folder written by tools/consolidate.py")
@@ -255,7 +255,12 @@ def main(argv: list[str] | None = None, prog: str = "sample") -> int:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
     parser.add_argument("--stream", action="store_true", help="print tokens as they come (one sample)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "sample") -> int:
+    """`gpt-novel sample` and tools/sample.py."""
+    args = parser(prog).parse_args(argv)
     try:
         prompt = _read_prompt(args.prompt_file, prog) if args.prompt_file else args.prompt
         if lone := lone_surrogate(prompt):  # a byte that is not UTF-8 in argv (surrogateescape); printing it fails

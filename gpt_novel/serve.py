@@ -386,7 +386,8 @@ def _check_port(host: str, port: int) -> None:
             raise UserError(f"cannot listen on {host}:{port}: {e.strerror}{hint}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line of `gpt-novel serve` (the docs' commands are checked against it)."""
     parser = argparse.ArgumentParser(prog="gpt-novel serve", description="A web page that continues a novel with a "
                                      "consolidated model (tools/consolidate.py), drafts streamed side by side.")
     parser.add_argument("model_dir", metavar="HF_DIR", help="a folder written by tools/consolidate.py")
@@ -397,7 +398,11 @@ def main(argv: list[str] | None = None) -> int:
                         f"while one is generated; one more is refused with a message (default {DEFAULT_QUEUE})")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on GPU, fp32 on CPU")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
         if args.queue < 1 or not 0 < args.port < 65536:
             raise UserError("need --queue ≥ 1 and a --port of 1…65535")
