@@ -188,9 +188,11 @@ def test_install_activates_a_path_with_every_command():
     assert install.argv == ["make", "install"]  # what CI runs first, as written (make test depends on it)
     if not (ROOT / activate.argv[1]).exists():
         pytest.skip("no .venv in the checkout (the suite runs from another environment)")
-    script = f"{shlex.join(activate.argv)} && command -v gpt-novel torchrun accelerate && gpt-novel --help"
+    script = (f"{shlex.join(activate.argv)} && command -v gpt-novel torchrun accelerate && gpt-novel --help && "
+              "tools/sample.py --help")  # tools/*.py run through the virtualenv's python (their shebang)
     out = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.count(str(ROOT / ".venv" / "bin")) == 3 and "consolidate" in out.stdout
+    assert "--max-new-tokens MAX_NEW_TOKENS" in out.stdout
 
 
 @pytest.mark.slow

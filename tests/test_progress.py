@@ -46,11 +46,13 @@ def test_prepare_counts_files_across_partitions_and_closes_each_step_with_what_i
     assert run_prepare([corpus], tmp_path / "d", cache_dir, "--workers", "1", *SPLIT_OPTIONS) == 0
     out = capsys.readouterr().out
     assert [int(n) for n in re.findall(r"^read: file (\d) of 4, ", out, re.M)] == [1, 2, 3, 4]
-    assert re.search(r"^segment: file 3 of 4, [\d,]+ of [\d,]+ characters", out, re.M)  # d.txt: duplicates, dropped
+    # the last file segmented is c.txt: d.txt's chapters are duplicates, never segmented
+    assert re.search(r"^segment: file 3 of 4, [\d,]+ of [\d,]+ characters", out, re.M)
     assert re.search(r"^read: 4 file\(s\), 8 chapters, [\d,]+ characters in \d+\.\d s \([\d.]+ MB/s\)$", out, re.M)
     assert re.search(r"^merge: 4 file\(s\): \d+ boilerplate line\(s\) repeated across files, 2 duplicate chapter",
                      out, re.M)
     assert re.search(r"^encode: 6 chapters encoded to [\d,]+ ids, \d+ train shard\(s\) in ", out, re.M)
+    assert re.search(r"^hash: 4 file\(s\), [\d.]+ MB in ", out, re.M)
     assert "partition(s)" not in out  # one machine: files, not partitions
 
 

@@ -105,14 +105,26 @@ class Plan:
 
 def make_plan(cfg: PrepareConfig, found: ingest.Found, pool: LazyPool) -> Plan:
     """Hash every input (in the pool) and cut the listing into partitions."""
-    inputs = list(tqdm(ordered_map(pool, describe_input, found.files), total=len(found.files), desc="hash",
-                       unit="file", disable=None))
+    sizes = [_size(path) for path in found.files]
+    with Progress("hash", sum(sizes), len(sizes), "bytes") as bar:
+        inputs = []
+        for n, described in enumerate(ordered_map(pool, describe_input, found.files), 1):
+            bar.advance(described.get("bytes", 0), n)
+            inputs.append(described)
+        bar.done(f"{len(inputs)} file(s), {sum(sizes) / 1e6:.1f} MB")
     options = cfg.output_options()
     blob = json.dumps({"inputs": [(i["path"], i.get("sha256")) for i in inputs], "options": options,
                        "format": FORMAT}, sort_keys=True)
     return Plan(hashlib.sha256(blob.encode()).hexdigest(), options,
                 partition(inputs, parse_size(cfg.partition_size, "--partition-size")),
                 [list(r) for r in found.refused], list(found.warnings))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # describe_input says why
+        return 0
 
 
 def describe_input(path: Path) -> dict:
