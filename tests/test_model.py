@@ -11,6 +11,7 @@ from conftest import ROOT
 
 from gpt_novel import plan
 from gpt_novel.config import TrainConfig, train_config
+from gpt_novel.data.dataset import Dataset
 from gpt_novel.data.vocab import Vocab
 from gpt_novel.errors import UserError
 from gpt_novel.model import build_model, count_params, param_groups
@@ -103,7 +104,8 @@ def test_accelerate_s_deepspeed_config_is_the_one_used_and_recorded(sample_data,
     """Under `accelerate launch` DeepSpeed gets the JSON named in accelerate's YAML: the run records that one and
     says once that --deepspeed (here the preset's zero2) is not used; the same content under another name is no
     disagreement."""
-    cfg = train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "r"])
+    seq_len = str(Dataset.load(sample_data).seq_len)  # the data the preset is sized for: no warning about it
+    cfg = train_config(["--config", "tiny", "--data", str(sample_data), "--run-dir", "r", "--data-seq-len", seq_len])
     assert plan.read_inputs(cfg).warnings == ()  # no accelerate: --deepspeed is used
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(ROOT / "ds_configs" / "zero3.json"))
