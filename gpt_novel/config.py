@@ -58,8 +58,9 @@ class PrepareConfig:
     out: str = ""
     """output directory DATA_DIR (published atomically); required"""
     tokenizer: str = "word"
-    """word: thulac words + characters; char: one token per character; or the PATH of a Hugging Face tokenizer
-    folder (a model folder will do): encode with it, no vocabulary built"""
+    """word: thulac words + characters; char: one token per character; bpe: byte-pair merges of characters learnt
+    from the corpus (Hugging Face tokenizers); or the PATH of a Hugging Face tokenizer folder (a model folder will
+    do): encode with it, no vocabulary built"""
     special_tokens: str | None = None
     """with --tokenizer PATH: its tokens for NEWLINE,END,START,PAD,UNK (a newline, a chapter's end and start,
     padding, unknown characters); unset: [SEP],[CLS],[MASK],[PAD],[UNK], which a BERT-style vocabulary has"""
@@ -110,8 +111,8 @@ class PrepareConfig:
         if not self.out:
             raise UserError("--out DATA_DIR is required")
         if self.pretrained and not Path(self.tokenizer).is_dir():
-            raise UserError(f"--tokenizer must be word, char or a Hugging Face tokenizer folder; {self.tokenizer} is "
-                            "none of them")
+            raise UserError(f"--tokenizer must be word, char, bpe or a Hugging Face tokenizer folder; {self.tokenizer} "
+                            "is none of them")
         if self.pretrained:  # before anything parses its files: a hostile one is one line, not a traceback
             check_tokenizer_folder(Path(self.tokenizer), f"--tokenizer {self.tokenizer}")
         if self.pretrained and given_kind(self.tokenizer) != PRETRAINED:
@@ -142,7 +143,7 @@ class PrepareConfig:
     @property
     def pretrained(self) -> bool:
         """--tokenizer names a Hugging Face tokenizer folder (not word or char)."""
-        return self.tokenizer not in ("word", "char")
+        return self.tokenizer not in ("word", "char", "bpe")
 
     def specials(self) -> dict[str, str] | None:
         """--special-tokens as role → token (None: the BERT-style names)."""

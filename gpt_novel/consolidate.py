@@ -280,6 +280,8 @@ TOKENIZER_NOTES = {
             "thulac:\n`tools/sample.py` encodes a prompt exactly as training did and is the better way to continue a "
             "text.",
     "char": "The tokenizer here has one token per character, as training had.",
+    "bpe": "The tokenizer here is the byte-pair vocabulary training learnt from the corpus, with the same pipeline: "
+           "it encodes a\nprompt as training did.",
     "pretrained": "The tokenizer is the pretrained one the data was encoded with (it adds no [CLS] … [SEP]); "
                   "`tools/sample.py`\nalso keeps a prompt's newlines as the newline token.",
 }

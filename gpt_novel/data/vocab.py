@@ -29,6 +29,8 @@ ROLES = ("newline", "end", "start", "pad", "unk")
 DEFAULT_SPECIALS = dict(zip(ROLES, SPECIAL_TOKENS, strict=True))
 META_FILE = "gpt_novel_tokenizer.json"
 PRETRAINED = "pretrained"  # the kind of a vocabulary taken from a Hugging Face tokenizer folder
+BPE = "bpe"  # byte-pair merges learnt from the corpus by `train_bpe`
+TOKENIZES = (PRETRAINED, BPE)  # kinds that encode and decode with their `tokenizers.Tokenizer`, not our lookup
 
 
 def build_tokens(words: Counter, kind: str, vocab_size: int) -> list[str]:
@@ -112,13 +114,13 @@ class Vocab:
 
     def ids_of_segmented(self, words: list[str]) -> list[int]:
         """Ids of what the segment step wrote: words, or (pretrained) the text's characters, tokenized here."""
-        return self.ids_of_text("".join(words)) if self.kind == PRETRAINED else self.ids_of_words(words)
+        return self.ids_of_text("".join(words)) if self.kind in TOKENIZES else self.ids_of_words(words)
 
     def unknown_chars(self, text: str) -> list[str]:
         """The characters of `text` (as `encode` normalizes it) that the vocabulary lacks, each once, in order:
         `encode` turns them into [UNK], which a user should be told."""
         chars = dict.fromkeys(ch for ch in self.prepare_text(text) if ch != "\n")
-        if self.kind == PRETRAINED:
+        if self.kind in TOKENIZES:
             return [ch for ch in chars if self.unk in self.ids_of_text(ch)]
         return [ch for ch in chars if ch not in self.index]
 
@@ -126,7 +128,7 @@ class Vocab:
         """Raw text → ids exactly as training saw it (normalization, then thulac segmentation or the pretrained
         tokenizer)."""
         text = self.prepare_text(text)
-        ids = self.ids_of_text(text) if self.kind == PRETRAINED else \
+        ids = self.ids_of_text(text) if self.kind in TOKENIZES else \
             self.ids_of_words(segment.segment_text(text, self.kind))
         return ([self.mask] if new_chapter else []) + ids + ([self.cls] if end_chapter else [])
 
@@ -143,7 +145,7 @@ class Vocab:
         return "\n".join(map(self._join, lines))
 
     def _join(self, ids: list[int]) -> str:
-        if self.kind != PRETRAINED:
+        if self.kind not in TOKENIZES:
             return "".join(self.tokens[i] for i in ids)
         if type(self.hf.model).__name__ == "WordPiece" or self.hf.decoder is None:
             # WordPiece's decoder (and a tokenizer without one) puts a space between pieces, and so between Chinese
@@ -157,7 +159,8 @@ class Vocab:
         `AutoTokenizer` (a pretrained tokenizer's own pipeline, following our conventions), and our metadata."""
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "vocab.txt").write_text("".join(f"{t}\n" for t in self.tokens), encoding="utf-8")
-        tok = _as_ours(self.hf, self.specials["newline"]) if self.kind == PRETRAINED else _hf_tokenizer(self.tokens)
+        tok = _as_ours(self.hf, self.specials["newline"]) if self.kind == PRETRAINED else \
+            self.hf if self.kind == BPE else _hf_tokenizer(self.tokens)
         tok.save(str(directory / "tokenizer.json"))
         roles = {"bos_token": "start", "eos_token": "end", "pad_token": "pad", "unk_token": "unk"}
         special = {key: self.specials[role] for key, role in roles.items()}
@@ -176,7 +179,7 @@ class Vocab:
         try:
             meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
             lines = (directory / "vocab.txt").read_text(encoding="utf-8").split("\n")
-            hf = read_tokenizer(directory / "tokenizer.json") if meta["kind"] == PRETRAINED else None
+            hf = read_tokenizer(directory / "tokenizer.json") if meta["kind"] in TOKENIZES else None
             return cls(lines[:-1], meta["kind"], meta["to_simplified"], meta.get("specials"), hf)
         except FileNotFoundError as e:
             missing = Path(e.filename).name
@@ -275,22 +278,56 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _hf_tokenizer(tokens: list[str]):
-    """A `tokenizers` pipeline that approximates thulac + vocabulary lookup with greedy longest match."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+# BPE learns merges inside the runs between punctuation and spaces; a run longer than this is cut, so that a
+# paragraph without punctuation (a table, a poem's line of 700 characters) does not make one huge word.
+BPE_RUN = 32
 
-    tok = Tokenizer(
-        models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token=UNK, continuing_subword_prefix="",
-                         max_input_chars_per_word=64)
-    )
-    # The same normalization as `clean.normalize`: one paragraph per line, no indentation, single spaces.
-    tok.normalizer = normalizers.Sequence([
+
+def train_bpe(lines: Iterable[str], alphabet: Iterable[str], vocab_size: int, to_simplified: bool) -> Vocab:
+    """A byte-pair vocabulary learnt from `lines` (text without newlines): the specials at ids 0-4, every
+    character of `alphabet` (the corpus's: no corpus text encodes to [UNK]), then merges up to `vocab_size`.
+    Hugging Face `tokenizers` does the training; the pipeline around it is ours: a newline is [SEP], punctuation
+    stands alone, and decoding joins pieces without spaces."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    # ignore_merges: a whole run that is a token is that token, so "[SEP]" (what the normalizer makes of a
+    # newline for AutoTokenizer) stays one token instead of its letters
+    tok = Tokenizer(models.BPE(unk_token=UNK, ignore_merges=True))
+    tok.normalizer = _normalizer()
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(rf"\[SEP\]|[\s\p{{P}}\p{{S}}]|[^\s\p{{P}}\p{{S}}]{{1,{BPE_RUN}}}"),
+                                             "isolated")
+    tok.decoder = decoders.Sequence([decoders.Replace(SEP, "\n"), decoders.Fuse()])
+    chars = sorted(set(alphabet) - {"\n"})
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), initial_alphabet=chars,
+                                  limit_alphabet=len(chars), show_progress=False)
+    tok.train_from_iterator(lines, trainer)
+    by_id = tok.get_vocab(with_added_tokens=True)
+    return Vocab(sorted(by_id, key=by_id.__getitem__), BPE, to_simplified, hf=tok)
+
+
+def _normalizer():
+    """The same normalization as `clean.normalize`: one paragraph per line, no indentation, single spaces; a
+    newline becomes [SEP]."""
+    from tokenizers import Regex, normalizers
+
+    return normalizers.Sequence([
         normalizers.Replace(Regex(r"\r\n?"), "\n"),
         normalizers.Replace(Regex(r"[^\S\n]+"), " "),
         normalizers.Replace(Regex(r" ?\n[\s]*"), "\n"),
         normalizers.Strip(),
         normalizers.Replace("\n", SEP),
     ])
+
+
+def _hf_tokenizer(tokens: list[str]):
+    """A `tokenizers` pipeline that approximates thulac + vocabulary lookup with greedy longest match."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    tok = Tokenizer(
+        models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token=UNK, continuing_subword_prefix="",
+                         max_input_chars_per_word=64)
+    )
+    tok.normalizer = _normalizer()
     # "[SEP]", then single whitespace / punctuation / symbol characters, then runs of other characters (≤ 32).
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\[SEP\]|[\s\p{P}\p{S}]|[^\s\p{P}\p{S}]{1,32}"), "isolated")
     tok.decoder = decoders.Sequence([decoders.Replace(SEP, "\n"), decoders.Fuse()])
