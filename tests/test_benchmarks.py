@@ -10,7 +10,7 @@ import sys
 from collections import Counter
 
 import pytest
-from conftest import ROOT, SAMPLE_DIR, train_env
+from conftest import ROOT, SAMPLE_DIR, split_corpus, train_env
 
 
 @pytest.mark.slow
@@ -137,3 +137,26 @@ def test_serve_benchmark_accounts_for_every_client():
     assert 0 < report["ttft_p50_s"] <= report["ttft_p95_s"] and report["tokens"] >= 32 * report["completed"] * 0.5
     assert report["tokens_per_s"] > 0 and report["sample_py"]["num_samples"] == 4
     assert report["ratio_to_sample_py"] == round(report["tokens_per_s"] / report["sample_py"]["tokens_per_s"], 3)
+
+
+@pytest.mark.slow
+def test_tokenizer_benchmark_compares_at_equal_flops_on_a_held_out_novel(tmp_path, sample_text):
+    """--smoke: a one-layer model, 3 char-model steps of FLOPs, characters against BPE on the sample split into
+    novels (c.txt held out); the JSON the README's table is made from, and a verdict by its rule."""
+    corpus = split_corpus(sample_text, tmp_path / "novels")
+    cmd = [sys.executable, "benchmarks/tokenizers.py", "--corpus", str(corpus), "--held-out", "c.txt",
+           "--tokenizers", "char,bpe-8000", "--budgets", "3", "--smoke", "--work", str(tmp_path / "work")]
+    done = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    char, bpe = report["tokenizers"]["char"], report["tokenizers"]["bpe-8000"]
+    assert char["chars_per_token"] == 1.0 and bpe["chars_per_token"] > 1.1 and bpe["vocab_size"] > char["vocab_size"]
+    assert char["budgets"]["3"]["steps"] == 3 and bpe["flops_per_step"] > char["flops_per_step"]
+    assert bpe["budgets"]["3"]["steps"] == round(3 * char["flops_per_step"] / bpe["flops_per_step"]) or \
+        bpe["budgets"]["3"]["steps"] == 2  # equal FLOPs, at least 2 steps
+    assert all(0 < r["budgets"]["3"]["held_out_bpc"] < 20 and r["prepare_cpu_s_per_mb"] > 0 for r in (char, bpe))
+    bpcs = {name: r["budgets"]["3"]["held_out_bpc"] for name, r in report["tokenizers"].items()}
+    best = min(bpcs.values())
+    fast = min((n for n, b in bpcs.items() if b <= best + 0.05),
+               key=lambda n: report["tokenizers"][n]["prepare_cpu_s_per_mb"])
+    assert report["winner"] == {"3": fast}
