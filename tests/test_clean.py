@@ -367,6 +367,11 @@ def test_stray_letters_in_mojibake_are_counted_once_as_mojibake():
     assert out == [GOOD] and removed == {"mojibake": len(GB_MOJIBAKE)}
 
 
+def test_two_stand_ins_a_few_characters_apart_are_both_removed():
+    line = "那一种是金す草，这一种是玉ぁ藤，红的自然是紫芸"  # 红楼梦 (the shared edition) as found
+    assert clean_one(line) == ([line.replace("す", "").replace("ぁ", "")], {"stray_foreign": 2})
+
+
 def test_two_stray_letters_far_apart_are_both_removed():
     line = "窄Ё袄" + "，外罩五彩刻丝石青银鼠褂" * 2 + "纨э气习。"
     assert clean_one(line) == ([line.replace("Ё", "").replace("э", "")], {"stray_foreign": 2})

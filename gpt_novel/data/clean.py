@@ -324,8 +324,10 @@ def _cut_stray_foreign(line: str, removed: Counter) -> str:
 
 
 def _is_stray(line: str, i: int) -> bool:
-    """Between Chinese characters (or Chinese punctuation, at least one side a character), and no letter of the
-    same script within _MOJIBAKE_WINDOW characters."""
+    """Between Chinese characters (or Chinese punctuation, at least one side a character), and at most one other
+    letter of the same script within _MOJIBAKE_WINDOW characters, neither side adjacent: two stand-ins a few
+    characters apart (金す草，这一种是玉ぁ藤) are both stray, while a Japanese sentence has kana all through its
+    kanji (私は学生です) and a word has its letters side by side."""
     before, after = line[i - 1 : i], line[i + 1 : i + 2]
     if not (_chinese_context(before) and _chinese_context(after)):
         return False
@@ -333,7 +335,7 @@ def _is_stray(line: str, i: int) -> bool:
         return False
     script = charsets.foreign_script(line[i])
     near = line[max(0, i - _MOJIBAKE_WINDOW) : i] + line[i + 1 : i + 1 + _MOJIBAKE_WINDOW]
-    return not any(charsets.foreign_script(ch) == script for ch in near if ch >= "\u0180")
+    return sum(1 for ch in near if ch >= "\u0180" and charsets.foreign_script(ch) == script) <= 1
 
 
 def _chinese_context(ch: str) -> bool:
