@@ -9,13 +9,14 @@ vocabulary plays no part in what cleaning keeps.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import webdataset as wds
-from conftest import run_prepare
+from conftest import SHARED_CORPUS, run_prepare
 
 from gpt_novel.data import chapters, charsets, clean
 from gpt_novel.data.dataset import Dataset
@@ -215,3 +216,31 @@ def test_site_lines_repeated_across_files_are_removed_and_a_novels_own_repeats_k
         assert phrase not in text
     assert text.count(REFRAIN) == CHAPTERS_PER_NOVEL and text.count(VERSE) == 2
     assert text.count(REPLY) >= len(NOVELS) * CHAPTERS_PER_NOVEL // 2
+
+
+# --- one site's navigation in a single novel ----------------------------------------------------------------------
+
+NAVIGATION = ["上一章　目录　下一章", "请收藏本站", "求推荐票", "（本章未完，请点击下一页继续阅读）"]
+REFRAIN = "欲知后事如何，且听下回分解。"
+
+
+@pytest.mark.skipif(not SHARED_CORPUS.is_dir(), reason="../shared/corpus is not present")
+def test_one_sites_navigation_in_a_single_novel_is_removed_and_its_refrains_kept(tmp_path, cache_dir):
+    """西游记 as one site serves it, alone in the corpus and without a URL: its navigation and pagination lines in
+    every chapter (and a page number that changes) go as boilerplate; a refrain in every chapter and the novel's
+    own closing formula (毕竟不知…且听下回分解) stay."""
+    lines = (SHARED_CORPUS / "xiyouji.txt").read_text(encoding="utf-8-sig").split("\n")
+    heads = [n for n, line in enumerate(lines) if re.search(r"第[一二三四五六七八九十百]+回", line)]  # 《》目录 第一回…
+    out_lines, injected = [], 0
+    for start, end in zip(heads, [*heads[1:], len(lines)], strict=True):  # each chapter ends as its pages end
+        out_lines += [*lines[start:end], REFRAIN, *NAVIGATION, f"（第{injected % 7 + 1}页）"]
+        injected += 1
+    corpus = _write(tmp_path / "novels", "xiyouji.txt", "\n".join(lines[: heads[0]] + out_lines))
+    report = _prepare(corpus, tmp_path / "d", cache_dir)
+    text = _decoded(tmp_path / "d")
+    assert injected == 100 and report["files"][0]["chars_removed"]["boilerplate"] >= injected * 30
+    for line in NAVIGATION:
+        assert clean.normalize(line) not in text
+    assert "页）" not in text
+    # every refrain but perhaps the last, which packing may cut (the stream's last ids that fill no sample)
+    assert text.count(REFRAIN) >= injected - 1 and text.count("且听下回分解") >= 2 * injected - 2

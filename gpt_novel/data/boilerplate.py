@@ -5,8 +5,9 @@ variants that no phrase list in `clean` keeps up with. What they share is how th
 into many chapters of every book it serves. A novel's own recurring lines do not repeat that way: a refrain
 ("欲知后事如何，且听下回分解"), a verse quoted twice or a short reply ("是。") recurs within one novel only, or is too
 short (`MIN_CHARS`) or too rare (`MIN_CHAPTERS`, `MIN_SHARE`) to count. So a line is boilerplate when it repeats
-across the chapters of at least two files, or of one file when it names a site (a URL or domain): a novel has no
-reason to repeat a web address in a tenth of its chapters.
+across the chapters of at least two files, or of one file when it names a site (a URL or domain) or speaks of the
+site's pages (`SITE_WORDS`: 上一章 目录 下一章, 请收藏本站, 求推荐票, 第2页): a novel has no reason to repeat a web
+address, or its reader's navigation, in a tenth of its chapters, and its refrains speak of the story.
 
 The design is partitioned and bounded in memory: each input file is read alone (`novels.read_and_split`) and emits
 only the keys of the lines it repeats (`repeated`), a few per file; a tiny global reduce counts in how many files
@@ -35,6 +36,12 @@ MIN_CHARS = 8
 MIN_CHAPTERS = 3
 MIN_SHARE = 0.1
 URL_PLACEHOLDER = "<url>"
+# What a site's navigation and pagination lines say and a novel's own lines do not (matched on the masked line, so
+# page numbers are 0): chapter and page links, the table of contents, bookmarks and the bookshelf, the site, votes
+# and tips, the note that a page continues. Such a line counts from SITE_MIN_CHARS ("求推荐票", "请收藏本站").
+SITE_WORDS = re.compile(r"上一[章页节]|下一[章页节]|目录|书签|书架|收藏|推荐票|月票|本站|翻页|章节报错|最新章节|"
+                        r"全文阅读|手机阅读|本章未完|第0(/0)?页|打赏|订阅")
+SITE_MIN_CHARS = 4
 _DIGITS = re.compile(r"[0-9０-９]+")
 _SPACES = re.compile(r"\s+")
 
@@ -55,8 +62,9 @@ def _key_of_mask(masked: str) -> str:
 
 
 def repeated(chapters: list[Chapter], url_lines: Iterable[str] = ()) -> list[tuple[str, bool]]:
-    """For one file: (key, holds a URL or domain) of the body lines (never headings) that occur in at least
-    MIN_CHAPTERS chapters and at least MIN_SHARE of the file's chapters; sorted, one entry per key.
+    """For one file: (key, names a site) of the body lines (never headings) that occur in at least MIN_CHAPTERS
+    chapters and at least MIN_SHARE of the file's chapters; sorted, one entry per key. A line names a site when it
+    holds a URL or domain or says `SITE_WORDS`.
 
     `url_lines` are lines that held a URL before `clean` cut it (see `clean.clean_lines`)."""
     url_lines = set(url_lines)
@@ -66,11 +74,12 @@ def repeated(chapters: list[Chapter], url_lines: Iterable[str] = ()) -> list[tup
         seen = set()
         for line in chapter.lines:
             masked = mask(line)
-            if len(masked) < MIN_CHARS:
+            site = SITE_WORDS.search(masked) is not None
+            if len(masked) < (SITE_MIN_CHARS if site else MIN_CHARS):
                 continue
             k = _key_of_mask(masked)
             seen.add(k)
-            has_url[k] |= line in url_lines or clean.URL.search(line) is not None
+            has_url[k] |= site or line in url_lines or clean.URL.search(line) is not None
         in_chapters.update(seen)
     need = max(MIN_CHAPTERS, math.ceil(MIN_SHARE * len(chapters)))
     return sorted((k, has_url[k]) for k, n in in_chapters.items() if n >= need)
