@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gpt_novel.data import novels
+from gpt_novel.data import chapters, novels
 from gpt_novel.data.chapters import RUN_ON_LINE, Chapter, chinese_number, parse_heading, split_chapters, split_run_on
 from gpt_novel.data.clean import clean_lines, normalize
 
@@ -361,3 +361,26 @@ def test_sample_novel_splits_into_its_six_chapters():
     assert {k: v for k, v in removed.items() if v} == {"front_matter": len(lines[0]) + len(lines[1])}
     # Nothing else is lost: every body line is in some chapter, in order.
     assert [x for c in chapters for x in [c.heading, *c.lines]] == lines[2:]
+
+
+def test_a_hard_wrapped_text_is_rejoined_into_paragraphs_and_verse_and_headings_stay():
+    paragraphs = ["话说天下大势，分久必合，合久必分。周末七国分争，并入于秦。及秦灭之后，楚、汉分争，又并入于汉。",
+                  "汉朝自高祖斩白蛇而起义，一统天下，后来光武中兴，传至献帝，遂分为三国。推其致乱之由，殆始于桓、灵二帝"]
+    paragraphs = [p * 3 for p in paragraphs]  # ten lines at the wrap's width at least
+    first, second = ([p[i : i + 20] for i in range(0, len(p), 20)] for p in paragraphs)
+    verse = ["滚滚长江东逝水，浪花淘尽英雄。", "是非成败转头空，青山依旧在。"]
+    lines = ["第一回 宴桃园豪杰三结义", *first, "第二回 张翼德怒鞭督邮", *second, *verse]
+    assert chapters.wrap_width(lines) == 20
+    assert chapters.unwrap(lines) == ["第一回 宴桃园豪杰三结义", *_joined(first), "第二回 张翼德怒鞭督邮",
+                                      *_joined(second), *verse]
+    assert chapters.unwrap(paragraphs + verse) == paragraphs + verse  # lengths spread out: not wrapped
+
+
+def _joined(pieces: list[str]) -> list[str]:
+    """Wrapped pieces rejoined as `unwrap` does: a piece that ends a sentence at the width ends its paragraph."""
+    out = [""]
+    for piece in pieces:
+        out[-1] += piece
+        if piece.endswith("。") and len(piece) == 20:
+            out.append("")
+    return [p for p in out if p]

@@ -18,7 +18,7 @@ import pytest
 import webdataset as wds
 from conftest import SHARED_CORPUS, run_prepare
 
-from gpt_novel.data import chapters, charsets, clean
+from gpt_novel.data import chapters, charsets, clean, ingest, novels
 from gpt_novel.data.dataset import Dataset
 from gpt_novel.data.vocab import Vocab
 
@@ -244,3 +244,21 @@ def test_one_sites_navigation_in_a_single_novel_is_removed_and_its_refrains_kept
     assert "页）" not in text
     # every refrain but perhaps the last, which packing may cut (the stream's last ids that fill no sample)
     assert text.count(REFRAIN) >= injected - 1 and text.count("且听下回分解") >= 2 * injected - 2
+
+
+# --- mojibake split by hard wrapping ------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not SHARED_CORPUS.is_dir(), reason="../shared/corpus is not present")
+def test_mojibake_that_hard_wrapping_split_is_judged_over_the_paragraph(tmp_path):
+    """The shared 三国演义 hard-wrapped at 30 characters, as some downloads are: each damaged line's pieces are
+    too short for the mojibake rule alone; rejoined into their paragraph they are cut as in the original, and no
+    odd character is left."""
+    original = SHARED_CORPUS / "sanguoyanyi.txt"
+    text = clean.normalize(ingest.read_file(original).texts[0])
+    wrapped = _write(tmp_path, "sanguoyanyi.txt",
+                     "\n".join(p[i : i + 30] for p in text.split("\n") for i in range(0, len(p), 30))) / original.name
+    before, after = novels.read_and_split(str(original), False), novels.read_and_split(str(wrapped), False)
+    assert before.removed["mojibake"] == 4735  # the original's damage, as the report counts it
+    assert after.removed["mojibake"] >= 0.95 * before.removed["mojibake"]
+    assert not any(charsets.SUSPICIOUS.match(ch) or charsets.foreign_script(ch) for ch in "".join(after.chapters))
+    assert "故托张昊" not in "".join(after.chapters) and len(after.chapters) == len(before.chapters)

@@ -146,6 +146,49 @@ def split_run_on(lines: list[str]) -> list[str]:
     return out
 
 
+# A file is hard-wrapped when at least WRAPPED_SHARE of its distinct lines of WRAP_MIN characters or more have the same
+# length W (or W - 1, where a wrap rule kept punctuation off a line's start): a text with its own paragraphs has
+# lengths spread out. Such lines are pieces of one paragraph, and rule-based cleaning judges a paragraph whole
+# (mojibake counts its marks over a window that a wrapped piece is too short to hold). Three in four such lines at
+# least end inside a sentence (a 30-character wrap of 三国演义: 9 in 10); lines of one length that end sentences,
+# or site lines (手机用户请到…阅读第2页), are a text's own.
+WRAP_MIN = 16
+WRAPPED_SHARE = 0.3
+SENTENCE_ENDS = ("。", "！", "？", "…", "”", "」", "』", "）", "\"", "!", "?", ")")
+
+
+def unwrap(lines: list[str]) -> list[str]:
+    """The paragraphs of a hard-wrapped text: each full-width line (see WRAPPED_SHARE) joined with the lines after
+    it up to the first shorter one, never across a chapter heading nor after a sentence end (verse of the wrap's
+    width keeps its lines; a paragraph that happened to end at the width stays apart, as it was); any other text
+    as it is."""
+    width = wrap_width(lines)
+    if width is None:
+        return lines
+    out: list[str] = []
+    joining = False
+    for line in lines:
+        if joining and parse_heading(line) is None:
+            out[-1] += line
+        else:
+            out.append(line)
+        joining = len(line) >= width - 1 and not line.endswith(SENTENCE_ENDS)
+    return out
+
+
+def wrap_width(lines: list[str]) -> int | None:
+    """The width a text was hard-wrapped at, or None when its line lengths say it was not."""
+    # distinct lines: a site's line repeated in every chapter is one line of its length, not a wrapping
+    lengths = Counter(len(line) for line in set(lines) if len(line) >= WRAP_MIN)
+    if not lengths:
+        return None
+    width = max(lengths, key=lambda n: (lengths[n] + lengths.get(n - 1, 0), n))
+    full = [line for line in set(lines) if width - 1 <= len(line) <= width]
+    cut = sum(1 for line in full if not line.endswith(SENTENCE_ENDS))  # a wrap cuts sentences, a paragraph ends one
+    wrapped = len(full) >= WRAPPED_SHARE * sum(lengths.values()) and lengths[width] >= 10 and cut >= 0.75 * len(full)
+    return width if wrapped else None
+
+
 def _heading_and_body(piece: str) -> list[str]:
     """A run-on piece that starts with 第X回, as its heading line and its body line (nothing else in a text
     without line breaks tells where the title ends): the title runs to the first space when what comes before

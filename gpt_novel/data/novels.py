@@ -108,7 +108,8 @@ def read_and_split(path: str, to_simplified: bool) -> FileResult:
         norm = clean.normalize(text)
         if to_simplified:
             norm = clean.to_simplified(norm)
-        lines = clean.clean_lines(chapters.split_run_on(norm.split("\n")), result.removed, url_lines)
+        lines = clean.clean_lines(chapters.unwrap(chapters.split_run_on(norm.split("\n"))), result.removed,
+                                  url_lines)
         found = chapters.split_chapters(lines, result.removed)
         if len(found) == 1 and not found[0].heading and len(decoded.texts) == 1:
             result.warnings.append("no chapter headings found: the whole file is one chapter")
