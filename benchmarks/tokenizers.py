@@ -1,6 +1,6 @@
 """Which tokenizer: characters, thulac words or byte-pair merges, measured on held-out text. Prints JSON.
 
-usage: python benchmarks/tokenizers.py [--corpus DIR] [--held-out FILE] [--tokenizers char,word,bpe-8000,…]
+usage: python benchmarks/tokenizers.py [--corpus DIR] [--held-out FILE] [--tokenizers char,word,bpe-12000,…]
                                        [--budgets 300,1200] [--work DIR] [--json PATH] [--smoke]
 
 The corpus (default ../shared/corpus) is split: every novel but one is prepared and trained on, the held-out one
@@ -39,7 +39,7 @@ SMOKE_SHAPE = {"n_layer": 1, "n_embd": 32, "n_head": 2, "micro_batch_size": 2}
 SEQ_LEN = 256
 TOKENIZERS = {"char": ["--tokenizer", "char"],
               "word": ["--tokenizer", "word", "--vocab-size", "50000"],
-              **{f"bpe-{n}": ["--tokenizer", "bpe", "--vocab-size", str(n)] for n in (8000, 16000, 32000)}}
+              **{f"bpe-{n}": ["--tokenizer", "bpe", "--vocab-size", str(n)] for n in (12000, 16000, 32000)}}
 WITHIN = 0.05  # bits per character: closer than this is a tie, which the faster prepare wins
 
 
@@ -73,16 +73,25 @@ def _flops_per_step(data: Path, shape: dict) -> float:
 
 
 def _train(data: Path, run: Path, steps: int, shape: dict, log: Path) -> float:
-    """Wall seconds of a one-process run of `steps` steps, its schedule complete; evaluation only at the end."""
-    shutil.rmtree(run, ignore_errors=True)
+    """Seconds of training (metrics.jsonl's elapsed at the last step: start-up aside) of a one-process run of
+    `steps` steps, its schedule complete; evaluation only at the end. A run of `--work` that already finished these
+    steps is kept (the benchmark takes an hour: a rerun goes on where it stopped)."""
+    done = run / "DONE"
+    if not (done.is_file() and done.read_text().strip() == str(steps)):
+        shutil.rmtree(run, ignore_errors=True)
+        _run(_train_cmd(data, run, steps, shape), log)
+    last = (run / "metrics.jsonl").read_text(encoding="utf-8").strip().splitlines()
+    return max(json.loads(line).get("elapsed", 0.0) for line in last)
+
+
+def _train_cmd(data: Path, run: Path, steps: int, shape: dict) -> list[str]:
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in shape.items()]
-    cmd = [sys.executable, "-m", "gpt_novel.train", "--config", "tiny", *flags, "--data", str(data),
+    return [sys.executable, "-m", "gpt_novel.train", "--config", "tiny", *flags, "--data", str(data),
            "--run-dir", str(run), "--data-seq-len", str(SEQ_LEN), "--grad-accum", "1", "--max-steps", str(steps),
            "--warmup-steps", str(max(1, steps // 10)),
            "--eval-every", str(steps), "--save-every", str(steps), "--sample-every", str(10 * steps),
            "--eval-batches", "1", "--overfit-evals", "0", "--tensorboard", "false", "--progress", "false",
            "--num-workers", "1"]
-    return _run(cmd, log)[0]
 
 
 def _held_out_bpc(run: Path, held: Path) -> tuple[float, float]:

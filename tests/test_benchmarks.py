@@ -145,11 +145,11 @@ def test_tokenizer_benchmark_compares_at_equal_flops_on_a_held_out_novel(tmp_pat
     novels (c.txt held out); the JSON the README's table is made from, and a verdict by its rule."""
     corpus = split_corpus(sample_text, tmp_path / "novels")
     cmd = [sys.executable, "benchmarks/tokenizers.py", "--corpus", str(corpus), "--held-out", "c.txt",
-           "--tokenizers", "char,bpe-8000", "--budgets", "3", "--smoke", "--work", str(tmp_path / "work")]
+           "--tokenizers", "char,bpe-12000", "--budgets", "3", "--smoke", "--work", str(tmp_path / "work")]
     done = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     report = json.loads(done.stdout)
-    char, bpe = report["tokenizers"]["char"], report["tokenizers"]["bpe-8000"]
+    char, bpe = report["tokenizers"]["char"], report["tokenizers"]["bpe-12000"]
     assert char["chars_per_token"] == 1.0 and bpe["chars_per_token"] > 1.1 and bpe["vocab_size"] > char["vocab_size"]
     assert char["budgets"]["3"]["steps"] == 3 and bpe["flops_per_step"] > char["flops_per_step"]
     assert bpe["budgets"]["3"]["steps"] == round(3 * char["flops_per_step"] / bpe["flops_per_step"]) or \
