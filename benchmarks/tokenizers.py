@@ -1,7 +1,7 @@
 """Which tokenizer: characters, thulac words or byte-pair merges, measured on held-out text. Prints JSON.
 
 usage: python benchmarks/tokenizers.py [--corpus DIR] [--held-out FILE] [--tokenizers char,word,bpe-12000,…]
-                                       [--budgets 300,1200] [--work DIR] [--json PATH] [--smoke]
+                                       [--budgets 150,600] [--work DIR] [--json PATH] [--smoke]
 
 The corpus (default ../shared/corpus) is split: every novel but one is prepared and trained on, the held-out one
 (default sanguoyanyi.txt, 三国演义) is only ever encoded and scored. For each tokenizer:
@@ -10,7 +10,7 @@ The corpus (default ../shared/corpus) is split: every novel but one is prepared 
   process's own CPU time) and characters per token of the held-out novel;
 - held-out bits per character of the same model shape (4 layers, 256 dims, 4 heads, seq len 256, 16 × 256 tokens
   a step, one process) trained at equal compute, for each budget: a budget is a number of FLOPs, given as the
-  steps the char model makes with it (`--budgets 300,1200`: 300 and 1,200 char-model steps), so each tokenizer
+  steps the char model makes with it (`--budgets 150,600`: 150 and 600 char-model steps), so each tokenizer
   gets budget ÷ its own FLOPs per step steps (the output layer grows with the vocabulary), whatever else runs on
   the machine. Each run's schedule is planned for its steps and completes (warmup a tenth of them).
 
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
     parser.add_argument("--held-out", default="sanguoyanyi.txt")
     parser.add_argument("--tokenizers", default=",".join(TOKENIZERS))
-    parser.add_argument("--budgets", default="300,1200", help="FLOPs as the char model's steps, comma-separated")
+    parser.add_argument("--budgets", default="150,600", help="FLOPs as the char model's steps, comma-separated")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench-tokenizers")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--smoke", action="store_true", help="a tiny model and the budgets as given (a test)")
