@@ -144,7 +144,7 @@ def test_tokenizer_benchmark_compares_at_equal_flops_on_a_held_out_novel(tmp_pat
     """--smoke: a one-layer model, 3 char-model steps of FLOPs, characters against BPE on the sample split into
     novels (c.txt held out); the JSON the README's table is made from, and a verdict by its rule."""
     corpus = split_corpus(sample_text, tmp_path / "novels")
-    cmd = [sys.executable, "benchmarks/tokenizers.py", "--corpus", str(corpus), "--held-out", "c.txt",
+    cmd = [sys.executable, "benchmarks/tokenizer_choice.py", "--corpus", str(corpus), "--held-out", "c.txt",
            "--tokenizers", "char,bpe-12000", "--budgets", "3", "--smoke", "--work", str(tmp_path / "work")]
     done = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

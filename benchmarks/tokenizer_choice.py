@@ -1,6 +1,9 @@
 """Which tokenizer: characters, thulac words or byte-pair merges, measured on held-out text. Prints JSON.
 
-usage: python benchmarks/tokenizers.py [--corpus DIR] [--held-out FILE] [--tokenizers char,word,bpe-12000,…]
+(Not named tokenizers.py: a script's directory comes first on sys.path, so that name would shadow Hugging Face's
+`tokenizers` for every script in benchmarks/, which transformers imports.)
+
+usage: python benchmarks/tokenizer_choice.py [--corpus DIR] [--held-out FILE] [--tokenizers char,word,bpe-12000,…]
                                        [--budgets 150,600] [--work DIR] [--json PATH] [--smoke]
 
 The corpus (default ../shared/corpus) is split: every novel but one is prepared and trained on, the held-out one
@@ -31,9 +34,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# This file's name is the issue's and shadows Hugging Face's `tokenizers` for anything imported from here
-# (transformers imports it): its directory, first on sys.path when run as a script, is taken off.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 SHAPE = {"n_layer": 4, "n_embd": 256, "n_head": 4, "micro_batch_size": 16}
 SMOKE_SHAPE = {"n_layer": 1, "n_embd": 32, "n_head": 2, "micro_batch_size": 2}
 SEQ_LEN = 256
