@@ -3,7 +3,8 @@
 Ids 0-4 are the special tokens. A newline is `[SEP]`; a chapter is `[MASK]` + text + `[CLS]`. After the specials
 come every character of the corpus (so any corpus text encodes without `[UNK]`) and then the most frequent
 multi-character words up to the vocabulary size ("word" vocabulary, thulac segmentation) — or only characters
-("char" vocabulary, as GPT2-Chinese's BERT vocabulary did).
+("char" vocabulary, as GPT2-Chinese's BERT vocabulary did), or byte-pair merges of characters learnt with Hugging Face
+`tokenizers` ("bpe", `train_bpe`), which like a pretrained tokenizer encodes and decodes through its own pipeline.
 
 `encode` segments with thulac as `prepare` did; the saved `tokenizer.json` (what `AutoTokenizer` loads) cannot run
 thulac, so it segments by greedy longest match over the same vocabulary instead: the same ids for single
@@ -113,7 +114,7 @@ class Vocab:
                                                   for n, ids in enumerate(lines)))
 
     def ids_of_segmented(self, words: list[str]) -> list[int]:
-        """Ids of what the segment step wrote: words, or (pretrained) the text's characters, tokenized here."""
+        """Ids of what the segment step wrote: words, or (bpe, pretrained) the text's characters, tokenized here."""
         return self.ids_of_text("".join(words)) if self.kind in TOKENIZES else self.ids_of_words(words)
 
     def unknown_chars(self, text: str) -> list[str]:
