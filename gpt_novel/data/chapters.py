@@ -179,11 +179,12 @@ def unwrap(lines: list[str]) -> list[str]:
 def wrap_width(lines: list[str]) -> int | None:
     """The width a text was hard-wrapped at, or None when its line lengths say it was not."""
     # distinct lines: a site's line repeated in every chapter is one line of its length, not a wrapping
-    lengths = Counter(len(line) for line in set(lines) if len(line) >= WRAP_MIN)
+    distinct = set(lines)
+    lengths = Counter(len(line) for line in distinct if len(line) >= WRAP_MIN)
     if not lengths:
         return None
     width = max(lengths, key=lambda n: (lengths[n] + lengths.get(n - 1, 0), n))
-    full = [line for line in set(lines) if width - 1 <= len(line) <= width]
+    full = [line for line in distinct if width - 1 <= len(line) <= width]
     cut = sum(1 for line in full if not line.endswith(SENTENCE_ENDS))  # a wrap cuts sentences, a paragraph ends one
     wrapped = len(full) >= WRAPPED_SHARE * sum(lengths.values()) and lengths[width] >= 10 and cut >= 0.75 * len(full)
     return width if wrapped else None
