@@ -379,6 +379,9 @@ def _validation_line(error: dict) -> str:
 
 def _check_port(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # as uvicorn's own socket does: a port whose last connections linger in TIME_WAIT (a server stopped a
+        # minute ago) is free to listen on; one another server listens on still is not
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as e:

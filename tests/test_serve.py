@@ -31,7 +31,7 @@ from conftest import ROOT
 
 from gpt_novel import cli
 from gpt_novel.data.vocab import Vocab
-from gpt_novel.serve import DRAIN_BYTES
+from gpt_novel.serve import DRAIN_BYTES, _check_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = ROOT / "test-artifacts"
@@ -395,6 +395,7 @@ def test_serve_refuses_a_busy_port_and_a_folder_that_is_not_a_model(tmp_path, sl
     """In-process, through `gpt-novel serve`'s own entry: each refusal comes before the model is loaded."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
+        taken.listen()
         port = taken.getsockname()[1]
         assert cli.main(["serve", str(slow_folder), "--port", str(port)]) == 2
     err = capsys.readouterr().err
@@ -402,9 +403,24 @@ def test_serve_refuses_a_busy_port_and_a_folder_that_is_not_a_model(tmp_path, sl
     assert "try --port" in err
     assert cli.main(["serve", str(slow_folder), "--port", "99999"]) == 2
     assert capsys.readouterr().err == "gpt-novel serve: error: need --queue ≥ 1 and a --port of 1…65535\n"
-    assert cli.main(["serve", str(tmp_path)]) == 2
+    assert cli.main(["serve", str(tmp_path), "--port", str(port)]) == 2
     assert capsys.readouterr().err == (f"gpt-novel serve: error: {tmp_path} is not a model folder (no config.json); "
                                        "make one with tools/consolidate.py\n")
+
+
+def test_a_port_left_in_time_wait_by_a_stopped_server_is_free_again():
+    """Restarting `serve` right after stopping it, a client's connection still in TIME_WAIT on the port (the
+    server closed first), is not refused: uvicorn can listen there, so the check before loading says so too."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            conn, _ = server.accept()
+            conn.close()  # the server's side closes first: its end of the connection waits in TIME_WAIT
+            client.recv(1)
+    _check_port("127.0.0.1", port)
 
 
 # --- the page in a browser ---------------------------------------------------------------------------------------
