@@ -117,3 +117,10 @@ def test_train_consolidate_sample_and_serve_a_bpe_model_without_thulac(tmp_path,
         done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert json.loads((tmp_path / "hf" / "training.json").read_text())["tokenizer"] == "bpe"
+
+
+def test_a_pair_seen_once_is_not_merged():
+    """As a word vocabulary keeps only words seen twice: on a small corpus, merges of pairs seen once would spend
+    the size on pieces of single sentences."""
+    vocab = train_bpe(["甲乙丙丁", "甲乙"], "甲乙丙丁", 100, to_simplified=False)
+    assert "甲乙" in vocab.tokens and not {"丙丁", "乙丙", "甲乙丙"} & set(vocab.tokens)
