@@ -42,17 +42,18 @@ def test_prepare_benchmark_prints_scaling_warm_and_stage_throughput():
     for run in ("cold_1_worker", "cold_n_workers"):
         rates = report[run]["stage_chars_per_cpu_s"]
         assert set(rates) == {"read_clean", "segment", "encode_write"}
-        assert rates["segment"] > 0  # thulac ran: the word tokenizer is the default
+        assert rates["segment"] > 0  # thulac ran: the default mode measures the word tokenizer
     assert report["scaling_target"] == 1.7 and isinstance(report["scaling_ok"], bool)
     assert report["warm_rerun"]["segmented_chapters"] == 0
     assert report["warm_speedup"] > 0 and isinstance(report["warm_ok"], bool)
 
 
 def test_prepare_benchmark_scale_reports_peak_memory_of_distinct_copies():
-    report = _bench_prepare("--scale", "--copies", "1,2", "--word-copies", "1,2")
+    report = _bench_prepare("--scale", "--copies", "1,2", "--word-copies", "1,2", "--bpe-copies", "1,2",
+                            "--seq-len", "256")
     keys = {"copies", "tokenizer", "bytes_in", "chars", "chars_kept", "chapters", "seconds", "chars_per_s",
             "peak_rss_mb", "removed"}
-    for kind in ("char", "word"):
+    for kind in ("char", "word", "bpe"):
         one, two = report[kind]
         assert set(one) == set(two) == keys and (one["copies"], two["copies"]) == (1, 2)
         assert one["tokenizer"] == kind and one["peak_rss_mb"] > 10
