@@ -30,7 +30,7 @@ OPTIONS = ["--config", "tiny", "--num-workers", "1", "--eval-every", "10000", "-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=SHARED if SHARED.is_dir() else ROOT / "sample" / "corpus")
-    parser.add_argument("--tokenizer", default="char", help="word, char or a tokenizer folder (prepare's option)")
+    parser.add_argument("--tokenizer", default="char", help="bpe, word, char or a tokenizer folder (prepare's option)")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--cut", type=int, default=100)
     parser.add_argument("--until", type=int, default=130)

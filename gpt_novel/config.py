@@ -57,15 +57,16 @@ class PrepareConfig:
     """.txt/.json/.jsonl files or directories (searched recursively)"""
     out: str = ""
     """output directory DATA_DIR (published atomically); required"""
-    tokenizer: str = "word"
-    """word: thulac words + characters; char: one token per character; bpe: byte-pair merges of characters learnt
-    from the corpus (Hugging Face tokenizers); or the PATH of a Hugging Face tokenizer folder (a model folder will
-    do): encode with it, no vocabulary built"""
+    tokenizer: str = "bpe"
+    """bpe: byte-pair merges of characters learnt from the corpus (Hugging Face tokenizers; the winner of
+    benchmarks/tokenizer_choice.py); word: thulac words + characters; char: one token per character; or the PATH of
+    a Hugging Face tokenizer folder (a model folder will do): encode with it, no vocabulary built"""
     special_tokens: str | None = None
     """with --tokenizer PATH: its tokens for NEWLINE,END,START,PAD,UNK (a newline, a chapter's end and start,
     padding, unknown characters); unset: [SEP],[CLS],[MASK],[PAD],[UNK], which a BERT-style vocabulary has"""
-    vocab_size: int = 50000
-    """vocabulary size including 5 special tokens"""
+    vocab_size: int | None = None
+    """vocabulary size including 5 special tokens; unset: 12000 for bpe (more for a corpus of over 8,995 distinct
+    characters: 3,000 merges beyond them), 50000 for word and char"""
     seq_len: int = 1024
     """tokens per training sample (samples store seq_len + 1)"""
     val_ratio: float = 0.01
@@ -111,7 +112,7 @@ class PrepareConfig:
         if not self.out:
             raise UserError("--out DATA_DIR is required")
         if self.pretrained and not Path(self.tokenizer).is_dir():
-            raise UserError(f"--tokenizer must be word, char, bpe or a Hugging Face tokenizer folder; {self.tokenizer} "
+            raise UserError(f"--tokenizer must be bpe, word, char or a Hugging Face tokenizer folder; {self.tokenizer} "
                             "is none of them")
         if self.pretrained:  # before anything parses its files: a hostile one is one line, not a traceback
             check_tokenizer_folder(Path(self.tokenizer), f"--tokenizer {self.tokenizer}")
@@ -123,7 +124,8 @@ class PrepareConfig:
         if self.special_tokens is not None and (not self.pretrained or len(self.specials()) != 5):
             raise UserError("--special-tokens goes with --tokenizer PATH and names five tokens: NEWLINE,END,START,PAD,"
                             f"UNK, not {self.special_tokens!r}")
-        _in_range("--vocab-size", self.vocab_size, 16, 4_000_000)
+        if self.vocab_size is not None:
+            _in_range("--vocab-size", self.vocab_size, 16, 4_000_000)
         _in_range("--seq-len", self.seq_len, 8, 65536)
         if not 0 <= self.val_ratio <= 0.5:
             raise UserError(f"--val-ratio {self.val_ratio} is out of range (0 to 0.5)")
@@ -142,7 +144,7 @@ class PrepareConfig:
 
     @property
     def pretrained(self) -> bool:
-        """--tokenizer names a Hugging Face tokenizer folder (not word or char)."""
+        """--tokenizer names a Hugging Face tokenizer folder (not bpe, word or char)."""
         return self.tokenizer not in ("word", "char", "bpe")
 
     def specials(self) -> dict[str, str] | None:
@@ -287,9 +289,9 @@ def prepare_config(argv: list[str]) -> PrepareConfig:
     return parse_config(PrepareConfig, argv, "gpt-novel prepare", PREPARE_DESCRIPTION, positional="inputs").validate()
 
 
-PREPARE_DESCRIPTION = ("Read novels in any common Chinese encoding, clean them, split chapters, segment words "
-                       "with thulac,\nbuild a vocabulary and write WebDataset shards, a manifest and a report into "
-                       "DATA_DIR.")
+PREPARE_DESCRIPTION = ("Read novels in any common Chinese encoding, clean them, split chapters, learn a byte-pair "
+                       "vocabulary\n(or segment words with thulac: --tokenizer word), and write WebDataset shards, a "
+                       "manifest and a report\ninto DATA_DIR.")
 
 
 def load_config(cls: type, yaml_path: str | None, overrides: dict):

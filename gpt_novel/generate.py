@@ -3,11 +3,11 @@
     python tools/sample.py HF_DIR --prompt "话说" [--max-new-tokens 200 --temperature 0.9 --top-k 40 --top-p 0.95
                                                --repetition-penalty 1.1 --num-samples 3 --seed 1 --stream]
 
-The prompt goes through the same normalization and thulac segmentation as the training text (`Vocab.encode`);
-`--new-chapter` (or an empty prompt) starts it with [MASK] as chapters start. Generation uses the model's KV cache,
-never produces [UNK]/[PAD]/[MASK], and stops at [CLS], the end of a chapter. [SEP] becomes a newline and words are
-joined without spaces. A prompt longer than the context keeps its tail, and a continuation of any length slides
-the context over it (`continue_ids`).
+The prompt goes through the same normalization and tokenization (BPE, thulac words…) as the training text
+(`Vocab.encode`); `--new-chapter` (or an empty prompt) starts it with [MASK] as chapters start. Generation uses the
+model's KV cache, never produces [UNK]/[PAD]/[MASK], and stops at [CLS], the end of a chapter. [SEP] becomes a
+newline and words are joined without spaces. A prompt longer than the context keeps its tail, and a continuation of
+any length slides the context over it (`continue_ids`).
 """
 
 from __future__ import annotations

@@ -218,7 +218,7 @@ def create_app(model_dir: str | Path, device: str | None = None, dtype: str | No
     """The FastAPI application, the model loaded (once, here) and the worker started with the app."""
     model_dir = Path(model_dir)
     model, vocab = load(model_dir, device, dtype)
-    vocab.encode("话说")  # thulac's model loads now, not in the first user's request
+    vocab.encode("话说")  # the tokenizer (thulac's model for words) loads now, not in the first user's request
     info = model_info(model_dir, model, vocab, waiting)
     page = resources.files("gpt_novel").joinpath("static/serve.html").read_text(encoding="utf-8")
 

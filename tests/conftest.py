@@ -66,14 +66,19 @@ def split_corpus(sample_text: str, root: Path) -> Path:
     return root
 
 
-SPLIT_OPTIONS = ["--seq-len", "32", "--shard-size", "4KB", "--partition-size", "1KB", "--val-ratio", "0.2"]
+# thulac words: the partitioned, multi-worker and Slurm tests keep the word tokenizer's path covered (its counts
+# and segmentation cache are what partitions share); test_bpe.py covers the default's.
+SPLIT_OPTIONS = ["--seq-len", "32", "--shard-size", "4KB", "--partition-size", "1KB", "--val-ratio", "0.2",
+                 "--tokenizer", "word"]
 
 
 @pytest.fixture(scope="session")
 def sample_data(tmp_path_factory, cache_dir) -> Path:
-    """The sample corpus prepared with small samples and shards, so every split has several shards."""
+    """The sample corpus prepared with small samples and shards, so every split has several shards, with thulac
+    words (the 2-process runs' `train_data` has the default tokenizer)."""
     out = tmp_path_factory.mktemp("data") / "sample"
-    assert run_prepare([SAMPLE_DIR], out, cache_dir, "--seq-len", "64", "--shard-size", "8KB", "--workers", "1") == 0
+    assert run_prepare([SAMPLE_DIR], out, cache_dir, "--seq-len", "64", "--shard-size", "8KB", "--workers", "1",
+                       "--tokenizer", "word") == 0
     return out
 
 
@@ -183,7 +188,7 @@ def final_weights(run_dir: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def train_data(tmp_path_factory, cache_dir) -> Path:
-    """The sample prepared with short samples, for 2-process training runs."""
+    """The sample prepared with short samples and the default tokenizer (BPE), for 2-process training runs."""
     out = tmp_path_factory.mktemp("train") / "data"
     assert run_prepare([SAMPLE_DIR], out, cache_dir, "--seq-len", "32", "--shard-size", "8KB",
                        "--val-ratio", "0.2") == 0

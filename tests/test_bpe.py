@@ -20,7 +20,7 @@ from gpt_novel.data.stream import ShardSet
 from gpt_novel.data.vocab import SPECIAL_TOKENS, Vocab, train_bpe
 from gpt_novel.evaluate import held_out_chapters
 
-BPE = ["--tokenizer", "bpe", "--vocab-size", "2500"]
+BPE = ["--tokenizer", "bpe", "--vocab-size", "2500"]  # after SPLIT_OPTIONS (thulac words): the last given wins
 
 
 def _steps(corpus: Path, out: Path, cache: Path, tasks: int) -> None:
@@ -78,6 +78,20 @@ def test_no_corpus_text_encodes_to_unk_and_decoding_gives_it_back(bpe_data):
     ids = vocab.encode(text)
     assert vocab.unk not in ids and vocab.decode(ids) == text
     assert len(text) / len(ids) > 1.2  # merges compress: fewer tokens than characters
+
+
+def test_the_default_bpe_grows_past_12000_for_a_corpus_of_many_characters(tmp_path, sample_text, cache_dir):
+    """A download folder keeps rare characters: with --vocab-size unset, 9,500 distinct ones more than the sample's
+    get a vocabulary that holds them all and still has merges, where 12,000 would be refused as too small."""
+    rare = [chr(0x4E00 + i) for i in range(9_500)]
+    lines = ["，".join("".join(rare[i:i + 10][j:j + 5]) for j in (0, 5)) + "。" for i in range(0, len(rare), 10)]
+    (tmp_path / "novels").mkdir()
+    (tmp_path / "novels" / "a.txt").write_text(sample_text + "\n第九十九章 字表\n" + "\n".join(lines * 2), "utf-8")
+    assert run_prepare([tmp_path / "novels"], tmp_path / "d", cache_dir, "--workers", "1", "--seq-len", "64") == 0
+    vocab = Vocab.load(tmp_path / "d" / "tokenizer")
+    chars = {t for t in vocab.tokens[5:] if len(t) == 1}
+    assert vocab.kind == "bpe" and set(rare) <= chars and len(vocab) > 12_000
+    assert len(vocab) - len(chars) - 5 > 1_000  # merges, not only characters
 
 
 def test_auto_tokenizer_encodes_as_training_did_and_decodes_without_spaces(bpe_data):

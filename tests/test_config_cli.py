@@ -67,7 +67,7 @@ def test_flags_win_over_the_preset_wherever_they_stand(tmp_path):
 
 def test_bad_prepare_choice_is_one_line(capsys, tmp_path):
     assert main(["prepare", str(tmp_path), "--out", str(tmp_path / "d"), "--tokenizer", "wordpiece"]) == 2
-    assert capsys.readouterr().err == ("gpt-novel prepare: error: --tokenizer must be word, char, bpe or a Hugging "
+    assert capsys.readouterr().err == ("gpt-novel prepare: error: --tokenizer must be bpe, word, char or a Hugging "
                                        "Face tokenizer folder; wordpiece is none of them\n")
 
 

@@ -288,7 +288,7 @@ def test_init_from_run_resumes_exactly(bert_folder, bert_data, finetuned, tmp_pa
 
 @pytest.mark.slow
 def test_consolidate_init_from_train_consolidate_round_trip(zero_runs, train_data, tmp_path, cache_dir):
-    """Our own model (pretrained from scratch, word vocabulary) → HF folder → the same corpus prepared with its
+    """Our own model (pretrained from scratch, BPE vocabulary) → HF folder → the same corpus prepared with its
     tokenizer → fine-tuned from it → HF folder again."""
     from gpt_novel import consolidate
 

@@ -76,7 +76,8 @@ def test_report_accounts_for_every_character(sample_data):
 
 def test_same_output_whatever_the_workers_and_warm_cache(tmp_path, sample_data, cache_dir):
     out = tmp_path / "w2"
-    assert run_prepare([SAMPLE_DIR], out, cache_dir, "--seq-len", "64", "--shard-size", "8KB", "--workers", "2") == 0
+    assert run_prepare([SAMPLE_DIR], out, cache_dir, "--seq-len", "64", "--shard-size", "8KB", "--workers", "2",
+                       "--tokenizer", "word") == 0  # as sample_data: thulac, whose segmentations the cache holds
     for a in sorted(p for p in sample_data.rglob("*") if p.is_file() and p.suffix in (".tar", ".txt", ".json")):
         rel = a.relative_to(sample_data)
         if rel.name not in ("manifest.json", "report.json"):  # these record workers and time
@@ -87,7 +88,8 @@ def test_same_output_whatever_the_workers_and_warm_cache(tmp_path, sample_data, 
 
 def test_rerun_after_a_vocab_change_does_not_segment_again(tmp_path, cache_dir, sample_data):
     out = tmp_path / "small-vocab"
-    assert run_prepare([SAMPLE_DIR], out, cache_dir, "--seq-len", "64", "--vocab-size", "1700", "--workers", "1") == 0
+    assert run_prepare([SAMPLE_DIR], out, cache_dir, "--seq-len", "64", "--vocab-size", "1700", "--workers", "1",
+                       "--tokenizer", "word") == 0
     report = json.loads((out / "report.json").read_text())
     assert report["totals"]["segmented_chapters"] == 0 and report["totals"]["vocab_size"] <= 1700
 

@@ -56,7 +56,7 @@ def test_a_step_before_its_inputs_are_complete_is_one_line(tmp_path, sample_text
     assert main([*common, "--step", "read", "--task", "1", "--tasks", "2"]) == 0
     assert main([*common, "--step", "segment"]) == 2
     assert "the merge step is not complete in " in capsys.readouterr().err
-    assert main([*common[:-8], "--seq-len", "64", *SPLIT_OPTIONS[2:], "--step", "read"]) == 2
+    assert main([*common[:-len(SPLIT_OPTIONS)], "--seq-len", "64", *SPLIT_OPTIONS[2:], "--step", "read"]) == 2
     assert "was planned with other options (seq_len)" in capsys.readouterr().err
 
 

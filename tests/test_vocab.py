@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from gpt_novel.data import clean, segment
-from gpt_novel.data.vocab import SPECIAL_TOKENS, Vocab, build_tokens
+from gpt_novel.data.vocab import SPECIAL_TOKENS, Vocab, build_tokens, vocab_size_for
 from gpt_novel.errors import UserError
 
 
@@ -82,6 +82,19 @@ def test_vocab_size_limits_words_but_keeps_every_character():
     assert tokens[11:] == ["天下"]  # room for one word: the most frequent
     with pytest.raises(UserError, match="--vocab-size 8 is too small"):
         build_tokens(words, "word", 8)
+
+
+def test_an_unset_vocab_size_is_the_benchmarks_for_bpe_and_makes_room_for_merges():
+    from gpt_novel.config import prepare_config
+
+    config = prepare_config(["novels/", "--out", "data/"])
+    assert (config.tokenizer, config.vocab_size) == ("bpe", None)  # benchmarks/tokenizer_choice.py's winner
+    assert vocab_size_for("bpe", None, 8_024) == 12_000
+    assert vocab_size_for("bpe", None, 20_000) == 20_000 + 5 + 3_000  # a large corpus's rare characters
+    assert vocab_size_for("word", None, 20_000) == vocab_size_for("char", None, 9) == 50_000
+    assert vocab_size_for("bpe", 9_000, 8_024) == 9_000
+    with pytest.raises(UserError, match="--vocab-size 9000 is too small: .* at least 9005"):
+        vocab_size_for("bpe", 9_000, 9_000)
 
 
 def test_segmentation_keeps_the_text_exactly():

@@ -41,11 +41,11 @@ from gpt_novel.data.shards import ShardInfo
 from gpt_novel.data.vocab import (
     BPE,
     Vocab,
-    check_vocab_size,
     given_vocab,
     tokenizer_digest,
     tokens_from_counts,
     train_bpe,
+    vocab_size_for,
 )
 from gpt_novel.data.workdir import ALL, WorkDir, key_of, read_records, write_json
 from gpt_novel.data.workers import LazyPool, ordered_map
@@ -367,7 +367,7 @@ def check_before_segmenting(plan: Plan, work: WorkDir, merged: dict) -> None:
         raise UserError("only one chapter in the corpus: cannot hold one out for validation (use --val-ratio 0)")
     if not plan.options.get("tokenizer_sha256"):  # a given vocabulary is what it is: [UNK]s are reported
         chars = set().union(*(work.info("read", p)["distinct_chars"] for p in parts))
-        check_vocab_size(len(chars), plan.options["vocab_size"])
+        vocab_size_for(plan.options["tokenizer"], plan.options["vocab_size"], len(chars))
 
 
 # --- segment ----------------------------------------------------------------------------------------------------
@@ -495,7 +495,8 @@ def vocab_step(plan: Plan, work: WorkDir, given: str | None = None) -> Vocab:
     elif not work.done("vocab", ALL, key):
         work.remove_unfinished("vocab", ALL)
         opts = plan.options
-        chars, best, size, start = Counter(), [], opts["vocab_size"], time.monotonic()
+        chars, best, start = Counter(), [], time.monotonic()
+        most = vocab_size_for(opts["tokenizer"], opts["vocab_size"], 0)  # words held: a word size needs no counts
         for b in tqdm(range(BUCKETS), desc="vocab", unit="bucket", disable=None):
             counts = _bucket_counts(work, parts, b)
             for w, n in counts.items():
@@ -503,13 +504,13 @@ def vocab_step(plan: Plan, work: WorkDir, given: str | None = None) -> Vocab:
                     chars[ch] += n
             if opts["tokenizer"] == "word":  # the most frequent words so far, as (-count, word): plain tuple order
                 best.extend((-n, w) for w, n in counts.items() if len(w) > 1 and n > 1)
-                if len(best) > 2 * size:
+                if len(best) > 2 * most:
                     best.sort()
-                    del best[size:]
+                    del best[most:]
         chars.pop("\n", None)
+        size = vocab_size_for(opts["tokenizer"], opts["vocab_size"], len(chars))
         words = [(w, -n) for n, w in sorted(best)[:size]]
         if opts["tokenizer"] == BPE:
-            check_vocab_size(len(chars), size)
             vocab = train_bpe(_bpe_lines(plan, work, parts), chars, size, opts["to_simplified"])
         else:
             vocab = Vocab(tokens_from_counts(chars, words, opts["tokenizer"], size), opts["tokenizer"],

@@ -1,14 +1,15 @@
 """The vocabulary, the Hugging Face tokenizer files, and encode/decode exactly as training saw the text.
 
 Ids 0-4 are the special tokens. A newline is `[SEP]`; a chapter is `[MASK]` + text + `[CLS]`. After the specials
-come every character of the corpus (so any corpus text encodes without `[UNK]`) and then the most frequent
-multi-character words up to the vocabulary size ("word" vocabulary, thulac segmentation) — or only characters
-("char" vocabulary, as GPT2-Chinese's BERT vocabulary did), or byte-pair merges of characters learnt with Hugging Face
-`tokenizers` ("bpe", `train_bpe`), which like a pretrained tokenizer encodes and decodes through its own pipeline.
+come every character of the corpus (so any corpus text encodes without `[UNK]`) and then byte-pair merges of
+characters learnt with Hugging Face `tokenizers` ("bpe", the default, `train_bpe`), which like a pretrained
+tokenizer encodes and decodes through its own pipeline — or the most frequent multi-character words up to the
+vocabulary size ("word" vocabulary, thulac segmentation), or nothing more ("char", as GPT2-Chinese's BERT
+vocabulary did).
 
-`encode` segments with thulac as `prepare` did; the saved `tokenizer.json` (what `AutoTokenizer` loads) cannot run
-thulac, so it segments by greedy longest match over the same vocabulary instead: the same ids for single
-characters and most words, possibly different word boundaries.
+For a word vocabulary `encode` segments with thulac as `prepare` did; the saved `tokenizer.json` (what
+`AutoTokenizer` loads) cannot run thulac, so it segments by greedy longest match over the same vocabulary instead:
+the same ids for single characters and most words, possibly different word boundaries.
 """
 
 from __future__ import annotations
@@ -53,6 +54,22 @@ def tokens_from_counts(chars: Counter, words: list[tuple[str, int]], kind: str, 
     if kind == "word":
         tokens += [w for w, _ in sorted(words, key=lambda x: (-x[1], x[0]))][: vocab_size - len(tokens)]
     return tokens
+
+
+# Unset --vocab-size: a BPE vocabulary of 12,000 won benchmarks/tokenizer_choice.py (README), where the corpus had
+# about 8,000 characters and so about 4,000 merges. A corpus with more characters (a large download folder keeps
+# rare ones) gets at least BPE_MIN_MERGES merges beyond them, instead of an error after hours of reading.
+BPE_SIZE, BPE_MIN_MERGES, WORD_SIZE = 12_000, 3_000, 50_000
+
+
+def vocab_size_for(kind: str, given: int | None, distinct_chars: int) -> int:
+    """The vocabulary size: --vocab-size (`given`) if set, else the default for the kind; checked to hold every
+    character of the corpus (`distinct_chars`)."""
+    size = given
+    if size is None:
+        size = max(BPE_SIZE, distinct_chars + len(SPECIAL_TOKENS) + BPE_MIN_MERGES) if kind == BPE else WORD_SIZE
+    check_vocab_size(distinct_chars, size)
+    return size
 
 
 def check_vocab_size(distinct_chars: int, vocab_size: int) -> None:
