@@ -161,3 +161,18 @@ def test_tokenizer_benchmark_compares_at_equal_flops_on_a_held_out_novel(tmp_pat
     fast = min((n for n, b in bpcs.items() if b <= best + 0.05),
                key=lambda n: report["tokenizers"][n]["prepare_cpu_s_per_mb"])
     assert report["winner"] == {"3": fast}
+
+
+def test_bpe_over_words_benchmark_compares_compression_on_a_held_out_novel(tmp_path, sample_text):
+    """The sample split into novels (c.txt held out): both vocabularies learnt from the same cleaned text, the
+    held-out text counted in tokens by each, and thulac's cost."""
+    corpus = split_corpus(sample_text, tmp_path / "novels")
+    cmd = [sys.executable, "benchmarks/bpe_over_words.py", "--corpus", str(corpus), "--held-out", "c.txt",
+           "--vocab-size", "3000", "--work", str(tmp_path / "work")]
+    done = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["held_out_chars"] > 1000 and report["train_chars"] > report["held_out_chars"]
+    for kind in ("bpe_over_runs", "bpe_over_words"):
+        assert 1000 < report[kind]["vocab_size"] <= 3000 and report[kind]["chars_per_token"] > 1.0
+    assert report["thulac_cpu_s_per_mb"] > 0
