@@ -496,7 +496,8 @@ def vocab_step(plan: Plan, work: WorkDir, given: str | None = None) -> Vocab:
         work.remove_unfinished("vocab", ALL)
         opts = plan.options
         chars, best, start = Counter(), [], time.monotonic()
-        most = vocab_size_for(opts["tokenizer"], opts["vocab_size"], 0)  # words held: a word size needs no counts
+        # the words to keep while counting: a word vocabulary's size does not depend on the corpus's characters
+        most = vocab_size_for(opts["tokenizer"], opts["vocab_size"], 0)
         for b in tqdm(range(BUCKETS), desc="vocab", unit="bucket", disable=None):
             counts = _bucket_counts(work, parts, b)
             for w, n in counts.items():
