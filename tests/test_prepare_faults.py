@@ -112,19 +112,11 @@ def test_file_result_round_trips_through_json():
 
 # --- one writer per output ------------------------------------------------------------------------------------------
 
-# A prepare that holds its output's lock and then waits at its first file for the gate file to appear.
-_SLOW_PREPARE = """
-import pathlib, sys, time
-from gpt_novel.cli import main
-from gpt_novel.data import ingest
-gate, read = pathlib.Path(sys.argv[1]), ingest.read_file
-def read_file(path):
-    while not gate.exists():
-        time.sleep(0.05)
-    return read(path)
-ingest.read_file = read_file
-sys.exit(main(sys.argv[2:]))
-"""
+def _gated(gate: Path) -> dict:
+    """The environment of a prepare that holds its output's lock and waits at its first file until `gate` exists,
+    in its pool workers too (tests/gate/sitecustomize.py)."""
+    path = os.pathsep.join(filter(None, [str(ROOT / "tests" / "gate"), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=path, GPT_NOVEL_TEST_GATE=str(gate))
 
 
 def _prepare_command(inputs: Path, out: Path, *extra: str) -> list[str]:
@@ -133,8 +125,8 @@ def _prepare_command(inputs: Path, out: Path, *extra: str) -> list[str]:
 
 def test_a_second_prepare_into_the_same_out_is_refused_naming_the_holder(tmp_path, sample_text):
     inputs, out, gate = _novel(tmp_path, sample_text), tmp_path / "d", tmp_path / "gate"
-    first = subprocess.Popen([sys.executable, "-c", _SLOW_PREPARE, str(gate), *_prepare_command(inputs, out)],
-                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen([sys.executable, "-m", "gpt_novel", *_prepare_command(inputs, out)], cwd=ROOT,
+                             env=_gated(gate), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60
         while not (tmp_path / ".d.lock").exists() and first.poll() is None and time.time() < deadline:
@@ -150,7 +142,7 @@ def test_a_second_prepare_into_the_same_out_is_refused_naming_the_holder(tmp_pat
     assert first.returncode == 0, stderr
     _intact(out)
     assert json.loads((out / "manifest.json").read_text())["seed"] == 1234  # the first one's, not the second's
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "gate", "in"]  # no lock, no partial left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "gate", "gate.waiting", "in"]  # no lock or partial
 
 
 def _dead_pid() -> int:
@@ -366,22 +358,42 @@ def _children(pid: int) -> list[int]:
 
 def test_a_sigkilled_prepare_takes_its_pool_workers_with_it(tmp_path, sample_text):
     """The workers block in the read step (the gate never opens) when their parent is killed: they end with it,
-    where they used to wait on their call queue forever."""
+    where they used to wait on their call queue forever, and so does multiprocessing's resource tracker. They were
+    spawned, not forked (their command line is multiprocessing's spawn_main)."""
     inputs, gate = _novel(tmp_path, sample_text), tmp_path / "gate"
     (inputs / "second.txt").write_text(sample_text, encoding="utf-8")
-    cmd = [sys.executable, "-c", _SLOW_PREPARE, str(gate),
-           *_prepare_command(inputs, tmp_path / "d", "--workers", "2")]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [sys.executable, "-m", "gpt_novel", *_prepare_command(inputs, tmp_path / "d", "--workers", "2")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_gated(gate), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while len(workers := _children(proc.pid)) < 2 and time.time() < deadline:
+    while not (tmp_path / "gate.waiting").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    assert len(workers) == 2 and proc.poll() is None
+    children = _children(proc.pid)
+    assert len([pid for pid in children if b"spawn_main" in _cmdline(pid)]) == 2 and proc.poll() is None
     proc.kill()
     assert proc.wait() == -9
     deadline = time.time() + 10
-    while [pid for pid in workers if _alive(pid)] and time.time() < deadline:
+    while [pid for pid in children if _alive(pid)] and time.time() < deadline:
         time.sleep(0.05)
-    assert [pid for pid in workers if _alive(pid)] == []
+    assert [pid for pid in children if _alive(pid)] == []
+
+
+def test_the_pool_is_spawned_so_a_lock_held_here_is_free_in_its_workers():
+    """prepare may run threads when it starts its pool (tqdm's monitor, the tokenizers pool after a BPE training):
+    a forked worker would get a copy of any lock they hold, held for good. Spawned workers import afresh, and are
+    children of this process (what `die_with_parent` checks)."""
+    import held_lock
+
+    from gpt_novel.data.workers import LazyPool, ordered_map
+
+    with held_lock.LOCK, LazyPool(2) as pool:
+        assert list(ordered_map(pool, held_lock.take, range(2))) == [(True, os.getpid())] * 2
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _alive(pid: int) -> bool:

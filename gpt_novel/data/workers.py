@@ -12,7 +12,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -29,7 +28,9 @@ class LazyPool:
 
     def get(self) -> ProcessPoolExecutor | None:
         if self._pool is None and self.workers > 1:
-            ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+            # spawned, never forked: this process may run threads by then (tqdm's monitor in a terminal, the
+            # tokenizers pool after a BPE training), and a fork copies the locks they hold into every worker
+            ctx = multiprocessing.get_context("spawn")
             # killed with this process, however it dies: a worker waits on its call queue forever otherwise
             self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=die_with_parent,
                                              initargs=(signal.SIGKILL, os.getpid()))
