@@ -483,7 +483,9 @@ def test_the_page_in_chromium(browser, trained_api, trained_folder, api, tmp_pat
     page.on("console", lambda m: failed.append(m.text) if m.type == "error" else None)
     page.goto(trained_api)  # the trained model: its facts and curve
     page.locator("#facts").get_by_text("24", exact=True).wait_for(timeout=10_000)
-    assert page.evaluate("document.getElementById('loss').complete && document.getElementById('loss').naturalWidth")
+    # the curve's src is set when the facts arrive; its download may still be on the way
+    page.wait_for_function("document.getElementById('loss').complete && document.getElementById('loss').naturalWidth",
+                           timeout=10_000)
     assert page.text_content("#model-name") == card_title(trained_folder) != "hf"  # the card's name
     assert "bits/char at step 12 (lower is better)" in page.text_content("#facts")  # the figure beside the start
     assert page.evaluate(_GLYPHS_DRAWN), "Chinese draws as boxes: install a CJK font (Debian: fonts-wqy-zenhei)"
