@@ -116,8 +116,7 @@ def _plan(cfg: PrepareConfig, out: Path, work: WorkDir, pool: LazyPool) -> Plan 
 
 def plan_line(plan: Plan, partition_size: str, root: Path) -> str:
     parts = len(plan.partitions)
-    size = sum(d.get("bytes", 0) for p in plan.partitions for d in p)
-    return (f"plan: {stages.files_in(plan, list(range(parts)))} file(s), {size / 1e6:.1f} MB, in {parts} "
+    return (f"plan: {plan.input_files()} file(s), {plan.input_bytes() / 1e6:.1f} MB, in {parts} "
             f"partition(s) of up to --partition-size {partition_size}; work directory {root}")
 
 
@@ -127,7 +126,7 @@ def idle_tasks_warning(plan: Plan, tasks: int) -> str | None:
     parts = len(plan.partitions)
     if tasks <= parts:
         return None
-    size = sum(d.get("bytes", 0) for p in plan.partitions for d in p)
+    size = plan.input_bytes()
     return (f"{parts} partition(s) for {tasks} tasks: {tasks - parts} task(s) of each array will have nothing to "
             f"do; --partition-size {math.ceil(size / tasks / 1e5) / 10}MB would give each task work (in "
             "PREPARE_ARGS; a file is never split)")
@@ -139,7 +138,7 @@ def task_line(cfg: PrepareConfig, plan: Plan, parts: list[int]) -> str:
     if not parts:
         return (f"{step} has nothing to do: the plan has {total} partition(s) for {cfg.tasks} tasks (a partition "
                 f"is up to --partition-size {cfg.partition_size} of input; a smaller one gives every task work)")
-    return (f"{step}: {stages.files_in(plan, parts)} of {stages.files_in(plan, list(range(total)))} file(s), "
+    return (f"{step}: {stages.files_in(plan, parts)} of {plan.input_files()} file(s), "
             f"partition(s) {stages.ranges(parts)} of {total}")
 
 

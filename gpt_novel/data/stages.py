@@ -72,6 +72,12 @@ class Plan:
     refused: list[list[str]]  # paths the listing could not use, with why
     warnings: list[str]
 
+    def input_files(self) -> int:
+        return sum(len(part) for part in self.partitions)
+
+    def input_bytes(self) -> int:
+        return sum(d.get("bytes", 0) for part in self.partitions for d in part)
+
     def read_key(self, part: int) -> str:
         files = [(d["path"], d.get("sha256", d.get("error"))) for d in self.partitions[part]]
         return key_of("read", CODE, self.options["to_simplified"], files)
