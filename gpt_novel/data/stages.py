@@ -630,8 +630,7 @@ def encode(plan: Plan, work: WorkDir, parts: list[int], pool: LazyPool) -> None:
             _encode_partition(plan, work, p, pool, bar, first[p])
         infos = [work.info("encode", p) for p in todo]
         bar.done(f"{sum(i['chapters'] for i in infos):,} chapters encoded to {sum(i['tokens'] for i in infos):,} "
-                 "ids, "
-                 f"{sum(len(i['shards']) for i in infos)} train shard(s)")
+                 f"ids, {sum(len(i['shards']) for i in infos)} train shard(s)")
 
 
 def _encode_partition(plan: Plan, work: WorkDir, p: int, pool: LazyPool, bar: Progress, first: int) -> None:
