@@ -296,8 +296,9 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-# BPE learns merges inside the runs between punctuation and spaces; a run longer than this is cut, so that a
-# paragraph without punctuation (a table, a poem's line of 700 characters) does not make one huge word.
+# Both our pipelines cut text into the runs between punctuation and spaces (BPE learns its merges inside them); a
+# run longer than this is cut, so that a paragraph without punctuation (a table, a poem's line of 700 characters)
+# does not make one huge word.
 BPE_RUN = 32
 
 
@@ -306,15 +307,12 @@ def train_bpe(lines: Iterable[str], alphabet: Iterable[str], vocab_size: int, to
     character of `alphabet` (the corpus's: no corpus text encodes to [UNK]), then merges up to `vocab_size`.
     Hugging Face `tokenizers` does the training; the pipeline around it is ours: a newline is [SEP], punctuation
     stands alone, and decoding joins pieces without spaces."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models, trainers
 
     # ignore_merges: a whole run that is a token is that token, so "[SEP]" (what the normalizer makes of a
     # newline for AutoTokenizer) stays one token instead of its letters
     tok = Tokenizer(models.BPE(unk_token=UNK, ignore_merges=True))
-    tok.normalizer = _normalizer()
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(rf"\[SEP\]|[\s\p{{P}}\p{{S}}]|[^\s\p{{P}}\p{{S}}]{{1,{BPE_RUN}}}"),
-                                             "isolated")
-    tok.decoder = decoders.Sequence([decoders.Replace(SEP, "\n"), decoders.Fuse()])
+    _our_pipeline(tok)
     chars = sorted(set(alphabet) - {"\n"})
     # min_frequency 2: a pair seen once is never merged, as a word vocabulary keeps only words seen twice. Otherwise a
     # small corpus spends the size on pieces of single sentences (the shipped sample: 8,906 tokens for its 14,758
@@ -324,6 +322,18 @@ def train_bpe(lines: Iterable[str], alphabet: Iterable[str], vocab_size: int, to
     tok.train_from_iterator(lines, trainer)
     by_id = tok.get_vocab(with_added_tokens=True)
     return Vocab(sorted(by_id, key=by_id.__getitem__), BPE, to_simplified, hf=tok)
+
+
+def _our_pipeline(tok) -> None:
+    """Our pipeline around a `tokenizers` model: `_normalizer`; "[SEP]", then single whitespace / punctuation /
+    symbol characters, then runs of other characters (≤ BPE_RUN); decoding turns [SEP] into a newline and joins
+    pieces without spaces."""
+    from tokenizers import Regex, decoders, pre_tokenizers
+
+    tok.normalizer = _normalizer()
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(rf"\[SEP\]|[\s\p{{P}}\p{{S}}]|[^\s\p{{P}}\p{{S}}]{{1,{BPE_RUN}}}"),
+                                             "isolated")
+    tok.decoder = decoders.Sequence([decoders.Replace(SEP, "\n"), decoders.Fuse()])
 
 
 def _normalizer():
@@ -342,15 +352,12 @@ def _normalizer():
 
 def _hf_tokenizer(tokens: list[str]):
     """A `tokenizers` pipeline that approximates thulac + vocabulary lookup with greedy longest match."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, models
 
     tok = Tokenizer(
         models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token=UNK, continuing_subword_prefix="",
                          max_input_chars_per_word=64)
     )
-    tok.normalizer = _normalizer()
-    # "[SEP]", then single whitespace / punctuation / symbol characters, then runs of other characters (≤ 32).
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\[SEP\]|[\s\p{P}\p{S}]|[^\s\p{P}\p{S}]{1,32}"), "isolated")
-    tok.decoder = decoders.Sequence([decoders.Replace(SEP, "\n"), decoders.Fuse()])
+    _our_pipeline(tok)
     tok.add_special_tokens([CLS, MASK, PAD, UNK])
     return tok
