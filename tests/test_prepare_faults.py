@@ -364,13 +364,17 @@ def test_a_sigkilled_prepare_takes_its_pool_workers_with_it(tmp_path, sample_tex
     (inputs / "second.txt").write_text(sample_text, encoding="utf-8")
     cmd = [sys.executable, "-m", "gpt_novel", *_prepare_command(inputs, tmp_path / "d", "--workers", "2")]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_gated(gate), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while not (tmp_path / "gate.waiting").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    children = _children(proc.pid)
-    assert len([pid for pid in children if b"spawn_main" in _cmdline(pid)]) == 2 and proc.poll() is None
-    proc.kill()
-    assert proc.wait() == -9
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "gate.waiting").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        children = _children(proc.pid)
+        assert len([pid for pid in children if b"spawn_main" in _cmdline(pid)]) == 2 and proc.poll() is None
+        proc.kill()
+        assert proc.wait() == -9
+    finally:  # a failed check must not leave a prepare waiting at its gate for good
+        gate.touch()
+        proc.wait(timeout=60)
     deadline = time.time() + 10
     while [pid for pid in children if _alive(pid)] and time.time() < deadline:
         time.sleep(0.05)
