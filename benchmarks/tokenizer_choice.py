@@ -103,7 +103,7 @@ def _held_out_bpc(run: Path, held: Path) -> tuple[float, float]:
     from gpt_novel.data.dataset import Dataset
     from gpt_novel.data.stream import ShardSet, val_batches
     from gpt_novel.generate import load
-    from gpt_novel.model import heldout_sums
+    from gpt_novel.model import heldout_metrics, heldout_sums
 
     folder = run.parent / f"{run.name}-hf"
     consolidate(str(run), str(folder), None, "fp32", False)
@@ -115,8 +115,7 @@ def _held_out_bpc(run: Path, held: Path) -> tuple[float, float]:
                 part = heldout_sums(model, val_batches(ShardSet.load(dataset, split), 0, 1, 8, 10**9),
                                     vocab.char_lengths(), model.device)
                 sums = [a + b for a, b in zip(sums, part, strict=True)]
-    nats, tokens, chars = sums
-    return nats / 0.6931471805599453 / chars, chars / tokens
+    return heldout_metrics(*sums)["val_bpc"], sums[2] / sums[1]
 
 
 def measure(name: str, args, train_dir: Path, held_dir: Path, char_flops: float | None) -> dict:
